@@ -1,0 +1,36 @@
+"""Health checks shared by the services (django-health-check 4 style)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from django.conf import settings
+from health_check.base import HealthCheck
+from health_check.exceptions import ServiceUnavailable
+from kombu import Connection
+
+
+@dataclasses.dataclass
+class Broker(HealthCheck):
+    """The Celery broker accepts a connection, whichever transport is configured (RabbitMQ or files)."""
+
+    timeout: datetime.timedelta = dataclasses.field(default=datetime.timedelta(seconds=3), repr=False)
+
+    def run(self) -> None:
+        try:
+            with Connection(
+                settings.CELERY_BROKER_URL,
+                transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+                connect_timeout=self.timeout.total_seconds(),
+            ) as connection:
+                connection.ensure_connection(max_retries=1)
+        except Exception as exc:  # kombu surfaces transport-specific errors; any of them means "down"
+            raise ServiceUnavailable("Broker unreachable") from exc
+
+
+SERVICE_CHECKS = (
+    "health_check.checks.Database",
+    "health_check.checks.Cache",
+    "common.health.Broker",
+)

@@ -1,0 +1,132 @@
+"""Settings of the payment service: it charges orders on the order service's request and lets customers
+see their payments.
+
+Every value is read from the environment with a working development default; the README lists them all.
+"""
+
+from pathlib import Path
+
+from decouple import Csv, config
+
+from common import settings as envs
+from common.events import event_queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVICE_NAME = "payments"
+VAR_DIR = envs.var_dir(BASE_DIR)
+
+SECRET_KEY = envs.secret("SECRET_KEY", var=VAR_DIR, scope=SERVICE_NAME)
+INTERNAL_AUTH_SECRET = envs.secret("INTERNAL_AUTH_SECRET", var=VAR_DIR)
+DEBUG = config("DEBUG", default=False, cast=bool)
+ALLOWED_HOSTS = config("ALLOWED_HOSTS", default="127.0.0.1,localhost,[::1]", cast=Csv())
+CSRF_TRUSTED_ORIGINS = config("CSRF_TRUSTED_ORIGINS", default="", cast=Csv())
+# Only the gateway reaches this service in a deployment, and it always overwrites these headers; links
+# and redirects (pagination, admin) then point at the gateway's public address.
+USE_X_FORWARDED_HOST = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "health_check",
+    "common",
+    "payments",
+]
+
+MIDDLEWARE = [
+    "common.request_id.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "payment_service.urls"
+WSGI_APPLICATION = "payment_service.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": envs.database(default_name=SERVICE_NAME, var=VAR_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+CACHES = {"default": envs.cache(key_prefix=SERVICE_NAME)}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Each service's admin and static files live under their own prefix, so the gateway can route
+# /admin/users/ and /static/users/ here unchanged and the services' cookies never collide.
+STATIC_URL = f"/static/{SERVICE_NAME}/"
+STATIC_ROOT = VAR_DIR / "static" / SERVICE_NAME
+WHITENOISE_USE_FINDERS = True
+SESSION_COOKIE_NAME = f"{SERVICE_NAME}_sessionid"
+SESSION_COOKIE_PATH = f"/admin/{SERVICE_NAME}/"
+CSRF_COOKIE_NAME = f"{SERVICE_NAME}_csrftoken"
+CSRF_COOKIE_PATH = SESSION_COOKIE_PATH
+SESSION_COOKIE_HTTPONLY = True
+APPEND_SLASH = False
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["common.internal_auth.ServiceAssertionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["common.internal_auth.IsEndUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "common.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Payment service",
+    "DESCRIPTION": "Payments. Customers read theirs through the gateway at /api/v1/payments/; the order service creates them.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# This service publishes events but consumes none yet.
+EVENT_HANDLERS: dict[str, str] = {}
+
+CELERY_BROKER_URL = envs.broker_url()
+CELERY_BROKER_TRANSPORT_OPTIONS = envs.broker_transport_options(CELERY_BROKER_URL, var=VAR_DIR)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
+CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)] if EVENT_HANDLERS else []
+
+LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))
