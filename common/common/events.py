@@ -4,8 +4,8 @@
 ``order.confirmed``, ...). An event is a versioned JSON envelope sent as a Celery task message to the
 durable topic exchange ``events`` with the event type as routing key. Each consuming service declares its
 own durable queue bound to the types it wants (:func:`event_queue`) and runs a Celery worker on it; the
-worker's ``events.handle`` task (:mod:`common.tasks`) dispatches to the handler named in the service's ``EVENT_HANDLERS``
-setting. A queue nobody bound gets nothing: publishing never knows who listens.
+worker's ``events.handle`` task (:mod:`common.tasks`) dispatches to the handler named in the service's
+``EVENT_HANDLERS`` setting. A queue nobody bound gets nothing: publishing never knows who listens.
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ USE_TZ = True
 # Each service's admin and static files live under their own prefix, so the gateway can route
 # /admin/users/ and /static/users/ here unchanged and the services' cookies never collide.
 STATIC_URL = f"/static/{SERVICE_NAME}/"
-STATIC_ROOT = VAR_DIR / "static" / SERVICE_NAME
+# WhiteNoise serves the apps' static files straight from their folders; a deployment that prefers
+# collected, compressed files sets STATIC_ROOT and runs collectstatic.
+STATIC_ROOT = config("STATIC_ROOT", default=None)
 WHITENOISE_USE_FINDERS = True
 SESSION_COOKIE_NAME = f"{SERVICE_NAME}_sessionid"
 SESSION_COOKIE_PATH = f"/admin/{SERVICE_NAME}/"

@@ -9,6 +9,7 @@ from common.health import SERVICE_CHECKS
 docs_access = {"authentication_classes": [], "permission_classes": [AllowAny]}
 
 urlpatterns = [
+    path("api/v1/", include("catalog.urls")),
     path("api/v1/", include("orders.urls")),
     path("health/", HealthCheckView.as_view(checks=SERVICE_CHECKS), name="health"),
     path("admin/orders/", admin.site.urls),

@@ -82,7 +82,9 @@ USE_TZ = True
 # Each service's admin and static files live under their own prefix, so the gateway can route
 # /admin/users/ and /static/users/ here unchanged and the services' cookies never collide.
 STATIC_URL = f"/static/{SERVICE_NAME}/"
-STATIC_ROOT = VAR_DIR / "static" / SERVICE_NAME
+# WhiteNoise serves the apps' static files straight from their folders; a deployment that prefers
+# collected, compressed files sets STATIC_ROOT and runs collectstatic.
+STATIC_ROOT = config("STATIC_ROOT", default=None)
 WHITENOISE_USE_FINDERS = True
 SESSION_COOKIE_NAME = f"{SERVICE_NAME}_sessionid"
 SESSION_COOKIE_PATH = f"/admin/{SERVICE_NAME}/"
@@ -103,7 +105,9 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Payment service",
-    "DESCRIPTION": "Payments. Customers read theirs through the gateway at /api/v1/payments/; the order service creates them.",
+    "DESCRIPTION": (
+        "Payments. Customers read theirs through the gateway at /api/v1/payments/; the order service creates them."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

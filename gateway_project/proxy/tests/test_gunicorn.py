@@ -1,0 +1,253 @@
+"""End to end: the gateway under a real gunicorn (gthread, as the launcher runs it), spoken to with raw
+HTTP so that paths and framing reach it exactly as an attacker would send them."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from common.internal_auth import verify_assertion
+from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+BODY_LIMIT = 1000
+
+
+class Gateway:
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+
+    def request(
+        self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b"", timeout: float = 10
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Send exactly this request line (no client-side normalisation) and read the response."""
+        lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(raw)
+            response = http.client.HTTPResponse(sock, method=method)
+            response.begin()
+            return response.status, response.headers, response.read()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def gateway(stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    var_dir = tmp_path_factory.mktemp("gateway-var")
+    log_path = var_dir / "gunicorn.log"
+    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="gateway.settings",
+        VAR_DIR=str(var_dir),
+        SECRET_KEY=settings.SECRET_KEY,
+        INTERNAL_AUTH_SECRET=settings.INTERNAL_AUTH_SECRET,
+        USER_SERVICE_URL=stubs["users"].url,
+        ORDER_SERVICE_URL=stubs["orders"].url,
+        PAYMENT_SERVICE_URL=stubs["payments"].url,
+        JWKS_URL=f"{stubs['users'].url}{JWKS_PATH}",
+        MAX_REQUEST_BODY_BYTES=str(BODY_LIMIT),
+        LOG_LEVEL="INFO",
+    )
+    # The socket is bound here and handed over, so there is no race for a free port.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    command = [
+        sys.executable, "-m", "gunicorn", "gateway.wsgi:application",
+        "--bind", f"fd://{listener.fileno()}",
+        "--worker-class", "gthread", "--workers", "1", "--threads", "4",
+        "--graceful-timeout", "2",
+        "--no-control-socket",  # the default path in $HOME would be shared with any other gunicorn
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 (our own command line)
+            command, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()]
+        )
+    server = Gateway(listener.getsockname()[1], log_path)
+    try:
+        status, _, _ = server.request("GET", "/api/v1/nothing/", timeout=60)  # waits for the worker to boot
+        assert status == 404, server.log()
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        listener.close()
+
+
+def received_by_any(stubs: dict[str, StubUpstream]) -> list[Any]:
+    return [request for stub in stubs.values() for request in stub.received]
+
+
+TRAVERSALS = [
+    "/api/v1/users/../../admin/",
+    "/api/v1/users/%2e%2e/%2e%2e/admin/",
+    "/api/v1/users/%2E%2E/admin/",
+    "/api/v1/users/%2E./admin/",
+    "/api/v1/users/.%2e/admin/",
+    "/api/v1/users/%252e%252e/admin/",
+    "/api/v1/users/7%2Fadmin/",
+    "/api/v1/users/7%2fadmin/",
+    "/api/v1/users/7%5Cadmin/",
+    "/api/v1/users/7\\..\\admin/",
+    "/api/v1/users//7/",
+    "//api/v1/users/",
+    "/api/v1/users/7%00/",
+    "/api/v1/users/7%0d%0aX-Injected:%201/",
+    "/api/v1/users/" + "a" * 2100,
+    "/admin/users/../../admin/",
+    "/admin/users/%2e%2e/%2e%2e/admin/",
+    "/admin/../admin/",
+    "/static/orders/../../static/gateway/admin/css/base.css",
+    "http://127.0.0.1/api/v1/users/../admin/",
+]
+
+
+@pytest.mark.parametrize("target", TRAVERSALS)
+def test_unsafe_paths_are_400_and_reach_no_service(
+    gateway: Gateway, stubs: dict[str, StubUpstream], target: str
+) -> None:
+    status, headers, body = gateway.request("GET", target)
+
+    assert status == 400
+    assert b'"invalid_path"' in body
+    assert headers["X-Request-ID"]
+    assert received_by_any(stubs) == []
+
+
+@pytest.mark.parametrize("target", ["/api/v1/users/7\x00/", "/api/v1/users/7\x01/"])
+def test_raw_control_characters_in_the_path_never_reach_a_service(
+    gateway: Gateway, stubs: dict[str, StubUpstream], target: str
+) -> None:
+    status, _, _ = gateway.request("GET", target)
+
+    assert status == 400  # gunicorn may refuse the request line itself, before the gateway sees it
+    assert received_by_any(stubs) == []
+
+
+def test_the_raw_path_and_query_are_forwarded_without_decoding(
+    gateway: Gateway, orders: StubUpstream, make_token: Callable[..., str]
+) -> None:
+    # when (escapes in upper case: urllib3 upper-cases them, an equivalent form per RFC 3986 6.2.2.1)
+    status, headers, body = gateway.request(
+        "GET",
+        "/api/v1/orders/caf%C3%A9/?q=a%20b&x=%2F&y=%2E%2E&z=%25",
+        headers={"Authorization": f"Bearer {make_token()}", "X-Request-ID": "e2e-request-0001"},
+    )
+
+    # then
+    assert status == 200, body
+    received = orders.received[0]
+    assert received.target == "/api/v1/orders/caf%C3%A9/?q=a%20b&x=%2F&y=%2E%2E&z=%25"
+    assert received.headers["X-Request-ID"] == "e2e-request-0001"
+    assert received.headers["X-Forwarded-Host"] == f"127.0.0.1:{gateway.port}"
+    principal = verify_assertion(
+        received.headers["X-Service-Assertion"], audience="orders", secret=settings.INTERNAL_AUTH_SECRET
+    )
+    assert principal.id == 7
+    assert headers["X-Request-ID"] == "e2e-request-0001"
+    assert len(headers.get_all("Date") or []) == 1
+    assert headers.get_all("Server") == ["gunicorn"]
+
+
+def test_hop_by_hop_headers_are_dropped_both_ways(gateway: Gateway, orders: StubUpstream) -> None:
+    # given
+    orders.reply(
+        "/api/v1/products/",
+        headers=[
+            ("Connection", "X-Upstream-Hop"),
+            ("X-Upstream-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Kept", "1"),
+        ],
+    )
+
+    # when
+    status, headers, _ = gateway.request(
+        "GET", "/api/v1/products/", headers={"Connection": "close, X-Client-Hop", "X-Client-Hop": "1", "TE": "trailers"}
+    )
+
+    # then
+    assert status == 200
+    for name in ("X-Client-Hop", "TE"):
+        assert name not in orders.received[0].headers
+    for name in ("X-Upstream-Hop", "Keep-Alive"):
+        assert name not in headers
+    assert headers["X-Kept"] == "1"
+
+
+def test_a_chunked_body_is_forwarded_with_a_length(
+    gateway: Gateway, orders: StubUpstream, make_token: Callable[..., str]
+) -> None:
+    chunked = b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'
+
+    status, _, body = gateway.request(
+        "POST",
+        "/api/v1/orders/",
+        headers={
+            "Authorization": f"Bearer {make_token()}",
+            "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked",
+        },
+        body=chunked,
+    )
+
+    assert status == 200, body
+    received = orders.received[0]
+    assert received.body == b'{"a": 1}'
+    assert received.headers["Content-Length"] == "8"
+    assert "Transfer-Encoding" not in received.headers
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_a_body_over_the_limit_is_413_and_reaches_no_service(
+    gateway: Gateway, stubs: dict[str, StubUpstream], make_token: Callable[..., str], chunked: bool
+) -> None:
+    # given a body one chunk past the limit, with or without a declared length
+    payload = b"x" * (BODY_LIMIT + 500)
+    framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(len(payload))}
+    body = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n" if chunked else payload
+
+    # when
+    status, _, response_body = gateway.request(
+        "POST",
+        "/api/v1/orders/",
+        headers={"Authorization": f"Bearer {make_token()}", "Content-Type": "application/json", **framing},
+        body=body,
+    )
+
+    # then
+    assert status == 413
+    assert b'"payload_too_large"' in response_body
+    assert received_by_any(stubs) == []
+
+
+def test_each_proxied_request_is_logged_once_without_the_token(
+    gateway: Gateway, orders: StubUpstream, make_token: Callable[..., str]
+) -> None:
+    token = make_token(sub="42")
+
+    gateway.request(
+        "GET",
+        "/api/v1/orders/9/?secret=1",
+        headers={"Authorization": f"Bearer {token}", "X-Request-ID": "e2e-log-0001"},
+    )
+
+    lines = [line for line in gateway.log().splitlines() if "e2e-log-0001" in line and "gateway.access" in line]
+    assert len(lines) == 1
+    assert "GET /api/v1/orders/9/ service=orders status=200" in lines[0]
+    assert "user=42" in lines[0]
+    assert token not in gateway.log()
+    assert "secret=1" not in lines[0]

@@ -1,0 +1,266 @@
+"""The proxy: one plain Django view for every forwarded path, and the system's health.
+
+Per request the proxy matches the route, checks the method, verifies the access token (locally, no
+network), reads the body within the size limit, mints the service assertion and streams the service's
+answer back. It never touches the database, the session or the user, and it reads the WSGI input
+itself, so no middleware parses the body of a proxied request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import urllib3
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from common.errors import ApplicationError, error_response
+from common.internal_auth import HEADER as ASSERTION_HEADER
+from common.internal_auth import mint_assertion
+from common.request_id import HEADER as REQUEST_ID_HEADER
+from common.request_id import get_request_id
+from common.tokens import TokenError
+from proxy import upstream
+from proxy.auth import bearer_claims
+from proxy.headers import forwarded_request_headers, returned_response_headers
+from proxy.paths import raw_target
+from proxy.routes import Route, match_route
+
+access_logger = logging.getLogger("gateway.access")
+logger = logging.getLogger(__name__)
+
+
+class RouteNotFound(ApplicationError):
+    status_code = 404
+    code = "route_not_found"
+    message = "No API route matches this path."
+
+
+class MethodNotAllowed(ApplicationError):
+    status_code = 405
+    code = "method_not_allowed"
+    message = "This method is not allowed on this path."
+
+
+class NotAuthenticated(ApplicationError):
+    status_code = 401
+    code = "not_authenticated"
+    message = "Authentication credentials were not provided."
+
+
+class PayloadTooLarge(ApplicationError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
+
+
+class BadRequest(ApplicationError):
+    status_code = 400
+    code = "bad_request"
+
+
+class ProxiedResponse(StreamingHttpResponse):
+    """A service's response, streamed. Django keeps one value per header name, so the service's
+    Set-Cookie lines are kept apart and handed to the server as they came."""
+
+    def __init__(self, *args: Any, set_cookies: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_cookies = set_cookies
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [*self.headers.items(), *(("Set-Cookie", value) for value in self.set_cookies)]
+
+
+@csrf_exempt
+def proxy_view(request: HttpRequest) -> HttpResponseBase:
+    started = time.perf_counter()
+    target = raw_target(request)
+    route = match_route(request.path_info)
+    user_id: int | None = None
+    try:
+        if route is None:
+            raise RouteNotFound()
+        if request.method not in route.methods:
+            raise MethodNotAllowed(details={"allowed": sorted(route.methods)})
+        user_id, is_staff = _authenticate(request, route)
+        response = _forward(request, route, target, user_id=user_id, is_staff=is_staff)
+    except ApplicationError as exc:
+        response = error_response(exc.status_code, exc.code, exc.message, exc.details)
+        if isinstance(exc, MethodNotAllowed):
+            response["Allow"] = ", ".join(sorted(exc.details["allowed"]))
+        elif exc.status_code == 401:
+            response["WWW-Authenticate"] = 'Bearer error="invalid_token"' if isinstance(exc, TokenError) else "Bearer"
+    # Never the query string (it may carry secrets), the token or the body. The duration runs until the
+    # service's response headers arrived; the body streams to the client afterwards.
+    access_logger.info(
+        "%s %s service=%s status=%s duration_ms=%.1f user=%s client=%s request_id=%s",
+        request.method,
+        target.partition("?")[0],
+        route.service if route else "-",
+        response.status_code,
+        (time.perf_counter() - started) * 1000,
+        user_id if user_id is not None else "-",
+        request.META.get("REMOTE_ADDR", "-"),
+        get_request_id(),
+    )
+    return response
+
+
+def _authenticate(request: HttpRequest, route: Route) -> tuple[int | None, bool]:
+    """The user id (None: anonymous) and staff flag the service will be told about."""
+    if route.auth == "none":
+        return None, False
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    if authorization:
+        claims = bearer_claims(authorization)
+        return int(claims["sub"]), bool(claims.get("staff", False))
+    if route.auth == "required":
+        raise NotAuthenticated()
+    return None, False
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """At most MAX_REQUEST_BODY_BYTES of the body, straight from the WSGI input. A declared length over
+    the limit is refused unread; a chunked body is read one byte past the limit to tell it is too long."""
+    limit = settings.MAX_REQUEST_BODY_BYTES
+    declared = environ.get("CONTENT_LENGTH")
+    if declared and "HTTP_TRANSFER_ENCODING" in environ:
+        # Two framings for one body is how requests are smuggled past a proxy.
+        raise BadRequest("A request must not carry both Content-Length and Transfer-Encoding.")
+    if declared:
+        if not declared.isdigit():
+            raise BadRequest("The Content-Length header is invalid.")
+        to_read = int(declared)
+        if to_read > limit:
+            raise PayloadTooLarge(details={"max_bytes": limit})
+    elif environ.get("wsgi.input_terminated"):
+        # The server (gunicorn) ends the input where the body ends, chunked or absent.
+        to_read = limit + 1
+    else:
+        return b""  # no Content-Length and no server-side framing: no body
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while received < to_read:
+            chunk = stream.read(to_read - received)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+    except OSError as exc:
+        raise BadRequest("The request body could not be read.") from exc
+    if received > limit:
+        raise PayloadTooLarge(details={"max_bytes": limit})
+    return b"".join(chunks)
+
+
+def _forward(
+    request: HttpRequest, route: Route, target: str, *, user_id: int | None, is_staff: bool
+) -> HttpResponseBase:
+    environ = request.META
+    body = _read_body(environ)
+    request_id = get_request_id()
+    headers = forwarded_request_headers(environ, own_cookies=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME))
+    headers[REQUEST_ID_HEADER] = request_id
+    headers["X-Forwarded-For"] = environ.get("REMOTE_ADDR", "")
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers["X-Forwarded-Host"] = request.get_host()
+    headers[ASSERTION_HEADER] = mint_assertion(
+        issuer=settings.SERVICE_NAME,
+        audience=route.service,
+        secret=settings.INTERNAL_AUTH_SECRET,
+        user_id=user_id,
+        is_staff=is_staff,
+        request_id=request_id,
+    )
+    if body or "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+        headers["Content-Length"] = str(len(body))
+
+    answer = upstream.send(
+        route.service,
+        request.method or "GET",
+        target,
+        headers=headers,
+        body=body or None,
+        connect_timeout=settings.UPSTREAM_CONNECT_TIMEOUT,
+        read_timeout=settings.UPSTREAM_READ_TIMEOUT,
+    )
+    response_headers, set_cookies = returned_response_headers(answer.headers)
+    response = ProxiedResponse(
+        upstream.UpstreamBody(answer),
+        status=answer.status,
+        reason=answer.reason or None,
+        headers=response_headers,
+        set_cookies=set_cookies,
+    )
+    if not any(name.lower() == "content-type" for name in response_headers):
+        del response["Content-Type"]  # Django's default would claim a type the service never sent
+    return response
+
+
+def health_view(request: HttpRequest) -> JsonResponse:
+    """The gateway's database and every service's own /health/, checked in parallel."""
+    if request.method not in ("GET", "HEAD"):
+        return error_response(405, "method_not_allowed", "This method is not allowed on this path.")
+    upstreams: dict[str, str] = settings.UPSTREAMS
+    request_id = get_request_id()  # the executor's threads do not see this request's context
+    with ThreadPoolExecutor(max_workers=len(upstreams), thread_name_prefix="health") as executor:
+        futures = {
+            name: executor.submit(_service_health, base_url, request_id=request_id)
+            for name, base_url in upstreams.items()
+        }
+        gateway = _own_health()
+        services = {name: future.result() for name, future in futures.items()}
+    down = [name for name, result in services.items() if result["status"] != "ok"]
+    if gateway["status"] != "ok":
+        down.insert(0, "gateway")
+    body: dict[str, Any] = {"status": "unavailable" if down else "ok", "gateway": gateway, "services": services}
+    if down:
+        body["down"] = down
+    response = JsonResponse(body, status=503 if down else 200)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _own_health() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any driver error means the same thing here: the database is unusable
+        logger.warning("gateway database check failed: %s", exc)
+        return {"status": "down", "checks": {"database": "unavailable"}}
+    return {"status": "ok", "checks": {"database": "ok"}}
+
+
+def _service_health(base_url: str, *, request_id: str) -> dict[str, Any]:
+    timeout = settings.HEALTH_CHECK_TIMEOUT
+    try:
+        answer = upstream.connection_pool(base_url).urlopen(
+            "GET",
+            "/health/",
+            headers={"Accept": "application/json", REQUEST_ID_HEADER: request_id},
+            retries=False,
+            redirect=False,
+            timeout=upstream.timeout(timeout, timeout),
+        )
+    except urllib3.exceptions.NewConnectionError:  # a subclass of the timeout errors, but refused
+        return {"status": "down", "reason": "unreachable"}
+    except urllib3.exceptions.TimeoutError:
+        return {"status": "down", "reason": "timeout"}
+    except urllib3.exceptions.HTTPError:
+        return {"status": "down", "reason": "unreachable"}
+    try:
+        checks = answer.json()
+    except ValueError:
+        checks = None
+    if answer.status != 200:
+        return {"status": "down", "reason": f"HTTP {answer.status}", "checks": checks or {}}
+    if not isinstance(checks, dict):
+        return {"status": "down", "reason": "invalid health document"}
+    return {"status": "ok", "checks": checks}

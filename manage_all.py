@@ -1,0 +1,677 @@
+#!/usr/bin/env python3
+"""Run the whole shop on one machine: ``python3 manage_all.py up`` and ``python3 manage_all.py test``.
+
+Standard library only at the top, so it runs on a bare Python 3.11+: on first use it creates ``.venv``,
+installs the pinned requirements into it and re-executes itself there. It is a thin launcher over each
+project's own ``manage.py``, gunicorn and Celery; it imports no service code.
+
+    up [--detach]        prepare databases and broker, start every service and worker, wait until healthy
+    down                 stop what ``up --detach`` started
+    status               one line per service and worker, with its health
+    test [pytest args]   every project's suite in its own process, then the cross-service tests in tests/
+    manage SERVICE ARGS  pass ARGS to that service's manage.py (SERVICE: gateway, users, orders, payments)
+    createsuperuser      create the same admin account in every service's database
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+REQUIREMENTS = ROOT / "requirements.txt"
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    project: str  # folder holding manage.py
+    package: str  # the Django project package (settings, wsgi, celery)
+    port_env: str
+    default_port: int
+    database_env: str  # the launcher passes this variable to the service as its DATABASE_URL
+    url_env: str | None  # how the other services are told where this one listens
+    health_path: str
+    prepare: tuple[tuple[str, ...], ...]
+    worker_queues: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        return ROOT / self.project
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        name="gateway",
+        project="gateway_project",
+        package="gateway",
+        port_env="GATEWAY_PORT",
+        default_port=8000,
+        database_env="GATEWAY_DATABASE_URL",
+        url_env=None,
+        health_path="/health",
+        prepare=(("migrate", "--noinput"),),
+    ),
+    Service(
+        name="users",
+        project="user_project",
+        package="user_service",
+        port_env="USER_PORT",
+        default_port=8001,
+        database_env="USER_DATABASE_URL",
+        url_env="USER_SERVICE_URL",
+        health_path="/health/",
+        prepare=(("migrate", "--noinput"), ("setup_broker",)),
+        worker_queues=("users.events",),
+    ),
+    Service(
+        name="orders",
+        project="order_project",
+        package="order_service",
+        port_env="ORDER_PORT",
+        default_port=8002,
+        database_env="ORDER_DATABASE_URL",
+        url_env="ORDER_SERVICE_URL",
+        health_path="/health/",
+        prepare=(("migrate", "--noinput"), ("setup_broker",), ("load_demo_catalog",)),
+    ),
+    Service(
+        name="payments",
+        project="payment_project",
+        package="payment_service",
+        port_env="PAYMENT_PORT",
+        default_port=8003,
+        database_env="PAYMENT_DATABASE_URL",
+        url_env="PAYMENT_SERVICE_URL",
+        health_path="/health/",
+        prepare=(("migrate", "--noinput"), ("setup_broker",)),
+    ),
+)
+SERVICES_BY_NAME = {service.name: service for service in SERVICES}
+
+
+class LaunchError(Exception):
+    """A problem the user can fix, reported as one line without a traceback."""
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap: the virtualenv
+
+
+def requirements_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in (REQUIREMENTS, ROOT / "common" / "pyproject.toml"):
+        digest.update(path.read_bytes())
+    digest.update(sys.version.encode())
+    return digest.hexdigest()
+
+
+def ensure_virtualenv() -> None:
+    """Create .venv and install the pinned requirements when missing or changed, then re-exec inside it."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    stamp = VENV / ".requirements-installed"
+    fingerprint = requirements_fingerprint()
+    if not VENV_PYTHON.exists():
+        say(f"creating the virtualenv in {VENV.relative_to(ROOT)}/")
+        run_quietly([sys.executable, "-m", "venv", str(VENV)], "creating the virtualenv")
+    if not stamp.exists() or stamp.read_text() != fingerprint:
+        say(f"installing pinned requirements from {REQUIREMENTS.name} (first run takes a minute)")
+        run_quietly(
+            [str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(REQUIREMENTS)],
+            "installing requirements",
+        )
+        stamp.write_text(fingerprint)
+    interpreter = str(VENV_PYTHON)
+    os.execv(interpreter, [interpreter, str(Path(__file__).resolve()), *sys.argv[1:]])  # noqa: S606
+
+
+def run_quietly(command: list[str], what: str) -> None:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise LaunchError(f"{what} failed (exit {result.returncode}); output above")
+
+
+# --------------------------------------------------------------------------------------------------
+# The system: configuration, processes, health
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+
+
+@dataclass
+class System:
+    """Everything ``up`` runs, parameterised so the cross-service tests can run a second copy on free ports
+    with its own var/ folder through exactly the same code."""
+
+    var_dir: Path = ROOT / "var"
+    ports: dict[str, int] = field(default_factory=dict)
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    web_workers: int = 2
+    processes: list[Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for service in SERVICES:
+            if service.name not in self.ports:
+                self.ports[service.name] = int(self.base_env.get(service.port_env, service.default_port))
+
+    # configuration ---------------------------------------------------------------------------------
+
+    def url(self, service_name: str) -> str:
+        return f"http://{HOST}:{self.ports[service_name]}"
+
+    def env_for(self, service: Service) -> dict[str, str]:
+        env = dict(self.base_env)
+        env["VAR_DIR"] = str(self.var_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        for other in SERVICES:
+            if other.url_env:
+                env[other.url_env] = self.url(other.name)
+        # Every service reads DATABASE_URL; the launcher hands each its own, so one shell can configure all.
+        env.pop("DATABASE_URL", None)
+        if self.base_env.get(service.database_env):
+            env["DATABASE_URL"] = self.base_env[service.database_env]
+        gateway = self.url("gateway")
+        env.setdefault("CSRF_TRUSTED_ORIGINS", f"{gateway},{gateway.replace(HOST, 'localhost')}")
+        return env
+
+    def manage_command(self, *args: str) -> list[str]:
+        return [sys.executable, "manage.py", *args]
+
+    def web_command(self, service: Service) -> list[str]:
+        command = [
+            sys.executable, "-m", "gunicorn", f"{service.package}.wsgi:application",
+            "--bind", f"{HOST}:{self.ports[service.name]}",
+            "--worker-class", "gthread", "--workers", str(self.web_workers), "--threads", "8",
+            # Longer than the callers' idle-connection time, so pooled connections aren't cut mid-reuse.
+            "--keep-alive", "75",
+            "--graceful-timeout", "10",
+            "--name", f"shop-{service.name}",
+            # gunicorn 27 otherwise puts one control socket in ~/.gunicorn/ that all four servers would share.
+            "--no-control-socket",
+        ]  # fmt: skip
+        if service.name == "gateway":
+            # The gateway faces clients: never take a client's X-Forwarded-* as the truth.
+            command += ["--forwarded-allow-ips", ""]
+        return command
+
+    def worker_command(self, service: Service) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", service.package, "worker",
+            "--queues", ",".join(service.worker_queues),
+            "--hostname", f"{service.name}@%h",
+            "--concurrency", "2", "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    def check_ports_free(self) -> None:
+        for service in SERVICES:
+            port = self.ports[service.name]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((HOST, port))
+                except OSError:
+                    raise LaunchError(
+                        f"port {port} ({service.name}) is already in use; stop what uses it or set "
+                        f"{service.port_env} to another port"
+                    ) from None
+
+    def prepare(self) -> None:
+        """Migrate every database, declare the broker queues and load demo data, services in parallel."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+
+        def prepare_one(service: Service) -> None:
+            for args in service.prepare:
+                result = subprocess.run(
+                    self.manage_command(*args),
+                    cwd=service.directory,
+                    env=self.env_for(service),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    sys.stderr.write(result.stdout + result.stderr)
+                    raise LaunchError(f"{service.name}: manage.py {' '.join(args)} failed; output above")
+
+        with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+            for future in [pool.submit(prepare_one, service) for service in SERVICES]:
+                future.result()
+
+    def start(self, *, log_dir: Path | None) -> None:
+        """Start every web process and worker. With ``log_dir`` their output goes to files there and they
+        outlive the launcher; without, the caller streams it."""
+        for service in SERVICES:
+            self._spawn(service.name, service, self.web_command(service), log_dir)
+            if service.worker_queues:
+                self._spawn(f"{service.name}-worker", service, self.worker_command(service), log_dir)
+
+    def _spawn(self, name: str, service: Service, command: list[str], log_dir: Path | None) -> None:
+        def popen(output: IO[bytes] | int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                command,
+                cwd=service.directory,
+                env=self.env_for(service),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own process group: Ctrl-C reaches only the launcher, which then stops it cleanly.
+                start_new_session=True,
+            )
+
+        log_path = None
+        if log_dir is None:
+            process = popen(subprocess.PIPE)
+        else:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = log_dir / f"{name}.log"
+            with log_path.open("ab") as log_file:
+                process = popen(log_file)
+        self.processes.append(Process(name=name, popen=process, log_path=log_path))
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(SERVICES)
+        while pending:
+            for process in self.processes:
+                if process.popen.poll() is not None:
+                    raise LaunchError(
+                        f"{process.name} exited with code {process.popen.returncode}{self._log_hint(process)}"
+                    )
+            pending = [service for service in pending if health(self.url(service.name) + service.health_path)[0] != 200]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(service.name for service in pending)
+                raise LaunchError(f"not healthy after {timeout:.0f}s: {names}")
+            time.sleep(0.3)
+
+    def _log_hint(self, process: Process) -> str:
+        if process.log_path and process.log_path.exists():
+            tail = process.log_path.read_text(errors="replace").splitlines()[-15:]
+            return f"; last lines of {process.log_path}:\n" + "\n".join(tail)
+        return ""
+
+    def stop(self, timeout: float = 15) -> None:
+        stop_processes([(p.name, p.popen.pid) for p in self.processes if p.popen.poll() is None], timeout)
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=1)
+        self.processes.clear()
+
+    # detached runs -----------------------------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    def write_pidfiles(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for process in self.processes:
+            (self.run_dir / f"{process.name}.pid").write_text(str(process.popen.pid))
+        (self.run_dir / "ports.json").write_text(json.dumps(self.ports))
+
+    def recorded_processes(self) -> list[tuple[str, int]]:
+        if not self.run_dir.exists():
+            return []
+        return [(path.stem, int(path.read_text())) for path in sorted(self.run_dir.glob("*.pid"))]
+
+
+def health(url: str, timeout: float = 2) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 (our loopback URL)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        with contextlib.suppress(ValueError):
+            return error.code, json.loads(error.read() or b"null")
+        return error.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_processes(processes: list[tuple[str, int]], timeout: float) -> None:
+    """SIGTERM each process group (gunicorn and Celery shut down gracefully on it), SIGKILL stragglers."""
+    for _, pid in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(pid) for _, pid in processes):
+        time.sleep(0.1)
+        for _, pid in processes:  # reap our own children so they don't linger as zombies
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+    for name, pid in processes:
+        if pid_alive(pid):
+            print(f"{name} did not stop in {timeout:.0f}s; killing it", flush=True)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+def command_up(args: argparse.Namespace) -> int:
+    system = System()
+    if any(pid_alive(pid) for _, pid in system.recorded_processes()):
+        raise LaunchError("the shop is already running (python3 manage_all.py status / down)")
+    for stale in system.run_dir.glob("*.pid") if system.run_dir.exists() else ():
+        stale.unlink()
+    system.check_ports_free()
+    say("migrating databases, declaring broker queues, loading demo data")
+    system.prepare()
+    say("starting " + ", ".join(name for name in process_names()))
+    log_dir = system.var_dir / "log" if args.detach else None
+    system.start(log_dir=log_dir)
+    streamers = [] if args.detach else start_log_streamers(system)
+    try:
+        system.wait_healthy()
+        print_urls(system)
+        if args.detach:
+            system.write_pidfiles()
+            say(f"running in the background; logs in {log_dir}; stop with: python3 manage_all.py down")
+            return 0
+        say("streaming logs; press Ctrl-C to stop")
+        while all(process.popen.poll() is None for process in system.processes):
+            time.sleep(0.5)
+        exited = next(p for p in system.processes if p.popen.poll() is not None)
+        say(f"{exited.name} exited with code {exited.popen.returncode}; stopping everything")
+        return 1
+    except KeyboardInterrupt:
+        print()
+        say("stopping")
+        return 0
+    except LaunchError:
+        system.stop()
+        raise
+    finally:
+        if not args.detach:
+            system.stop()
+            for streamer in streamers:
+                streamer.join(timeout=2)
+
+
+def process_names() -> Iterator[str]:
+    for service in SERVICES:
+        yield service.name
+        if service.worker_queues:
+            yield f"{service.name}-worker"
+
+
+def start_log_streamers(system: System) -> list[threading.Thread]:
+    width = max(len(name) for name in process_names())
+    lock = threading.Lock()
+
+    def stream(process: Process) -> None:
+        assert process.popen.stdout is not None
+        for raw in process.popen.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            with lock:
+                print(f"{process.name:<{width}} | {line}", flush=True)
+
+    threads = [threading.Thread(target=stream, args=(p,), daemon=True) for p in system.processes]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def print_urls(system: System) -> None:
+    gateway = system.url("gateway")
+    lines = [
+        "the shop is up:",
+        f"  API              {gateway}/api/v1/   (try: curl {gateway}/api/v1/products/)",
+        f"  health           {gateway}/health",
+        f"  admin            {gateway}/admin/  {gateway}/admin/users/  {gateway}/admin/orders/  "
+        f"{gateway}/admin/payments/",
+        f"  API docs         {gateway}/api/docs/users/  {gateway}/api/docs/orders/  {gateway}/api/docs/payments/",
+        f"  emails           {system.var_dir / 'mail'}/",
+        "  admin account    python3 manage_all.py createsuperuser",
+    ]
+    say("\n".join(lines))
+
+
+def command_down(args: argparse.Namespace) -> int:
+    system = System()
+    recorded = system.recorded_processes()
+    running = [(name, pid) for name, pid in recorded if pid_alive(pid)]
+    if not running:
+        say("nothing is running")
+    else:
+        say("stopping " + ", ".join(name for name, _ in running))
+        stop_processes(running, timeout=20)
+    for path in system.run_dir.glob("*.pid") if system.run_dir.exists() else ():
+        path.unlink()
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    system = System()
+    ports_file = system.run_dir / "ports.json"
+    if ports_file.exists():
+        system.ports.update(json.loads(ports_file.read_text()))
+    pids = dict(system.recorded_processes())
+    all_ok = True
+    for service in SERVICES:
+        pid = pids.get(service.name)
+        status, _ = health(system.url(service.name) + service.health_path)
+        state = "healthy" if status == 200 else ("unhealthy" if status else "down")
+        all_ok &= status == 200
+        running = f"pid {pid}" if pid and pid_alive(pid) else "not started by the launcher"
+        print(f"{service.name:<16} {state:<10} {system.url(service.name):<24} {running}")
+        if service.worker_queues:
+            worker_pid = pids.get(f"{service.name}-worker")
+            alive = bool(worker_pid and pid_alive(worker_pid))
+            all_ok &= alive
+            state = "running" if alive else "down"
+            print(f"{service.name + '-worker':<16} {state:<10} {'queues ' + ','.join(service.worker_queues):<24}")
+    return 0 if all_ok else 1
+
+
+def command_manage(args: argparse.Namespace) -> int:
+    service = SERVICES_BY_NAME.get(args.service)
+    if service is None:
+        raise LaunchError(f"unknown service {args.service!r}; choose from {', '.join(SERVICES_BY_NAME)}")
+    system = System()
+    return subprocess.call(system.manage_command(*args.args), cwd=service.directory, env=system.env_for(service))
+
+
+def command_createsuperuser(args: argparse.Namespace) -> int:
+    email = args.email or input("Email: ").strip()
+    name = args.name or input("Name: ").strip() or email.split("@")[0]
+    password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or getpass.getpass("Password: ")
+    if not email or not password:
+        raise LaunchError("an email and a password are required")
+    system = System()
+    system.prepare()
+    for service, created in create_superuser(system, email=email, name=name, password=password):
+        say(f"{service}: admin {email} {'created' if created else 'already exists'}")
+    return 0
+
+
+def create_superuser(system: System, *, email: str, name: str, password: str) -> Iterator[tuple[str, bool]]:
+    """The same account in every service's database, so one login opens every admin."""
+    extra = {
+        "DJANGO_SUPERUSER_EMAIL": email,
+        "DJANGO_SUPERUSER_USERNAME": email,  # services on Django's default user model log in by username
+        "DJANGO_SUPERUSER_NAME": name,
+        "DJANGO_SUPERUSER_PASSWORD": password,
+    }
+    for service in SERVICES:
+        result = subprocess.run(
+            system.manage_command("createsuperuser", "--noinput"),
+            cwd=service.directory,
+            env={**system.env_for(service), **extra},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            yield service.name, True
+        elif "already" in (result.stdout + result.stderr):
+            yield service.name, False
+        else:
+            sys.stderr.write(result.stdout + result.stderr)
+            raise LaunchError(f"{service.name}: createsuperuser failed; output above")
+
+
+@dataclass
+class SuiteResult:
+    name: str
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    exit_code: int = 0
+
+
+def run_pytest(name: str, directory: Path, env: dict[str, str], extra_args: list[str], report: Path) -> SuiteResult:
+    say(f"tests: {name}")
+    command = [sys.executable, "-m", "pytest", "-q", f"--junitxml={report}", *extra_args]
+    exit_code = subprocess.call(command, cwd=directory, env=env)
+    result = SuiteResult(name=name, exit_code=exit_code)
+    if report.exists():
+        for suite in ElementTree.parse(report).getroot().iter("testsuite"):  # noqa: S314 (pytest wrote it)
+            total = int(suite.get("tests", 0))
+            failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            skipped = int(suite.get("skipped", 0))
+            result.failed += failed
+            result.skipped += skipped
+            result.passed += total - failed - skipped
+    if exit_code not in (0, 5) and result.failed == 0:
+        result.failed = 1  # pytest itself failed (collection error, bad option): count it
+    return result
+
+
+def command_test(args: argparse.Namespace) -> int:
+    system = System()
+    report_dir = system.var_dir / "test-reports"
+    shutil.rmtree(report_dir, ignore_errors=True)
+    report_dir.mkdir(parents=True)
+    checks_failed: list[str] = []
+
+    say("checks: ruff, import contracts, migrations")
+    if subprocess.call([sys.executable, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT) != 0:
+        checks_failed.append("ruff")
+    lint_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(s.directory) for s in SERVICES)}
+    lint = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=ROOT,
+        env=lint_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if lint.returncode != 0:
+        sys.stdout.write(lint.stdout + lint.stderr)
+        checks_failed.append("import contracts")
+    for service in SERVICES:
+        migrations = subprocess.run(
+            system.manage_command("makemigrations", "--check", "--dry-run"),
+            cwd=service.directory,
+            env={**system.env_for(service), "VAR_DIR": str(report_dir / "var")},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if migrations.returncode != 0:
+            sys.stdout.write(migrations.stdout + migrations.stderr)
+            checks_failed.append(f"missing migrations in {service.name}")
+
+    results = []
+    for service in SERVICES:
+        env = {**system.env_for(service), "VAR_DIR": str(report_dir / "var" / service.name)}
+        results.append(
+            run_pytest(service.name, service.directory, env, args.pytest_args, report_dir / f"{service.name}.xml")
+        )
+    results.append(run_pytest("end-to-end", ROOT / "tests", dict(os.environ), args.pytest_args, report_dir / "e2e.xml"))
+
+    passed = sum(r.passed for r in results)
+    failed = sum(r.failed for r in results)
+    skipped = sum(r.skipped for r in results)
+    for result in results:
+        print(f"  {result.name:<12} {result.passed} passed, {result.failed} failed, {result.skipped} skipped")
+    if checks_failed:
+        print("checks failed: " + ", ".join(checks_failed))
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed or checks_failed or passed == 0 else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="manage_all.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run the whole system")
+    up.add_argument("--detach", action="store_true", help="return once healthy, leaving it running")
+    up.set_defaults(handler=command_up)
+    commands.add_parser("down", help="stop a detached system").set_defaults(handler=command_down)
+    commands.add_parser("status", help="show each process and its health").set_defaults(handler=command_status)
+    test = commands.add_parser("test", help="run every test suite")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to every pytest run")
+    test.set_defaults(handler=command_test)
+    manage = commands.add_parser("manage", help="run a service's manage.py")
+    manage.add_argument("service")
+    manage.add_argument("args", nargs=argparse.REMAINDER)
+    manage.set_defaults(handler=command_manage)
+    superuser = commands.add_parser("createsuperuser", help="one admin account in every service")
+    superuser.add_argument("--email")
+    superuser.add_argument("--name")
+    superuser.set_defaults(handler=command_createsuperuser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ensure_virtualenv()
+        return int(args.handler(args))
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

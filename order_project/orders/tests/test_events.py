@@ -1,0 +1,97 @@
+from decimal import Decimal
+
+import pytest
+from rest_framework.exceptions import ValidationError
+
+from catalog.tests.factories import ProductFactory
+from common.internal_auth import Principal
+from orders.services import order_place
+from orders.tests.conftest import USER_ID, payments_url
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_confirmed_order_publishes_created_then_confirmed(
+    user_exists, payment_service, published_events, django_capture_on_commit_callbacks
+) -> None:
+    # Given a product and a payment that succeeds
+    product = ProductFactory(sku="MUG-001", name="Ceramic mug", price=Decimal("12.50"))
+    payment_service("succeeded")
+
+    # When the order is placed and its transaction commits
+    with django_capture_on_commit_callbacks(execute=True):
+        order = order_place(
+            principal=Principal(id=USER_ID, is_staff=False, caller="gateway"),
+            items=[{"product_id": product.id, "quantity": 2}],
+            payment_method="pm_card_visa",
+        )
+
+    # Then both events reached the events exchange, in order, as "events.handle" task messages
+    messages = published_events()
+    assert [m["routing_key"] for m in messages] == ["order.created", "order.confirmed"]
+    assert {m["task"] for m in messages} == {"events.handle"}
+    created, confirmed = (m["event"] for m in messages)
+    assert created["source"] == "orders"
+    assert created["data"] == {
+        "order_id": order.id,
+        "user_id": USER_ID,
+        "total_amount": "25.00",
+        "currency": "USD",
+        "items": [
+            {
+                "product_id": product.id,
+                "sku": "MUG-001",
+                "name": "Ceramic mug",
+                "quantity": 2,
+                "unit_price": "12.50",
+                "line_total": "25.00",
+            }
+        ],
+    }
+    assert confirmed["type"] == "order.confirmed"
+    assert confirmed["data"] == {**created["data"], "status": "confirmed"}
+
+
+def test_a_declined_order_publishes_created_then_cancelled_with_the_reason(
+    user_exists, payment_service, published_events, django_capture_on_commit_callbacks
+) -> None:
+    # Given a payment that is declined
+    product = ProductFactory(price=Decimal("8.75"))
+    payment_service("failed", failure_code="card_declined")
+
+    # When the order is placed
+    with django_capture_on_commit_callbacks(execute=True):
+        order = order_place(
+            principal=Principal(id=USER_ID, is_staff=False, caller="gateway"),
+            items=[{"product_id": product.id, "quantity": 1}],
+            payment_method="pm_card_declined",
+        )
+
+    # Then order.created is followed by order.cancelled naming the decline
+    messages = published_events()
+    assert [m["routing_key"] for m in messages] == ["order.created", "order.cancelled"]
+    assert messages[1]["event"]["data"] == {"order_id": order.id, "user_id": USER_ID, "reason": "card_declined"}
+
+
+def test_a_rolled_back_order_publishes_nothing(
+    http, user_exists, published_events, django_capture_on_commit_callbacks
+) -> None:
+    # Given a payment service that does not know the payment method
+    product = ProductFactory()
+    http.post(
+        payments_url(),
+        json={"error": {"code": "invalid_payment_method", "message": "Unknown payment method.", "details": {}}},
+        status=400,
+    )
+
+    # When placing the order fails
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(ValidationError):
+        order_place(
+            principal=Principal(id=USER_ID, is_staff=False, caller="gateway"),
+            items=[{"product_id": product.id, "quantity": 1}],
+            payment_method="pm_nonsense",
+        )
+
+    # Then no event was even scheduled, and none reached the broker
+    assert callbacks == []
+    assert published_events() == []

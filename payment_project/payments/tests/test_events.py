@@ -1,0 +1,115 @@
+"""Events go through the real publishing code to a real (filesystem) broker in a temporary folder; the
+``payment_events`` queue is bound to the events exchange as a consuming service's queue would be."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from common.testing import assertion_headers
+from payments.models import Payment
+
+pytestmark = pytest.mark.django_db
+
+BODY = {"order_id": 42, "amount": "19.99", "currency": "USD", "payment_method": "tok_visa"}
+Drain = Callable[[], list[dict[str, Any]]]
+
+
+def post_charge(client: Client, body: dict[str, Any], **headers: str) -> Any:
+    return client.post(
+        "/api/v1/payments/",
+        body,
+        content_type="application/json",
+        headers={**assertion_headers(user_id=7, caller="orders"), **headers},
+    )
+
+
+def test_successful_charge_publishes_payment_succeeded_after_commit(
+    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = post_charge(client, BODY)
+    # Nothing leaves before the transaction commits.
+    assert len(callbacks) == 1
+    assert payment_events() == []
+
+    callbacks[0]()
+
+    payment = Payment.objects.get()
+    [event] = payment_events()
+    assert response.status_code == 201
+    assert event["type"] == "payment.succeeded"
+    assert event["source"] == "payments"
+    assert event["version"] == 1
+    assert event["request_id"]
+    assert event["data"] == {
+        "payment_id": payment.id,
+        "order_id": 42,
+        "user_id": 7,
+        "amount": "19.99",
+        "currency": "USD",
+        "status": "succeeded",
+        "failure_code": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("token", "failure_code"),
+    [("tok_chargeDeclined", "card_declined"), ("tok_chargeDeclinedInsufficientFunds", "insufficient_funds")],
+)
+def test_declined_charge_publishes_payment_failed(
+    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any, token: str, failure_code: str
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        post_charge(client, {**BODY, "payment_method": token, "amount": "5"})
+
+    [event] = payment_events()
+    assert event["type"] == "payment.failed"
+    assert event["data"]["status"] == "failed"
+    assert event["data"]["failure_code"] == failure_code
+    assert event["data"]["amount"] == "5.00"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**BODY, "payment_method": "tok_bogus"},
+        {**BODY, "amount": "0"},
+        {**BODY, "currency": "usd"},
+    ],
+)
+def test_refused_charge_publishes_nothing(
+    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any, body: dict[str, Any]
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = post_charge(client, body)
+
+    assert response.status_code == 400
+    assert callbacks == []
+    assert payment_events() == []
+
+
+def test_replayed_charge_publishes_nothing_again(
+    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        post_charge(client, BODY, **{"Idempotency-Key": "k"})
+    assert len(payment_events()) == 1
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = post_charge(client, BODY, **{"Idempotency-Key": "k"})
+
+    assert response.status_code == 200
+    assert callbacks == []
+    assert payment_events() == []
+
+
+def test_events_of_other_types_do_not_reach_a_payment_queue(payment_events: Drain) -> None:
+    from common.events import publish_event
+
+    publish_event("order.confirmed", {"order_id": 1})
+
+    assert payment_events() == []

@@ -1,0 +1,160 @@
+"""The newcomer's journey through the gateway, against the real running system."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from conftest import PASSWORD, Client, sent_mails, sign_up, wait_for_mail
+
+import manage_all
+
+
+def test_health_reports_every_service_up(anonymous: Client) -> None:
+    response = anonymous.get("/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["services"]) >= {"users", "orders", "payments"}
+
+
+def test_a_newcomer_signs_up_orders_pays_and_gets_both_emails(anonymous: Client, system: manage_all.System) -> None:
+    # given a newcomer who signs up and logs in
+    customer, account = sign_up(system.url("gateway"), name="Grace Hopper")
+    assert "password" not in account
+    assert account["name"] == "Grace Hopper"
+    me = customer.get("/api/v1/users/me/")
+    assert me.status_code == 200
+    assert me.json()["email"] == account["email"]
+
+    # when they browse the catalog and order two products, paying with a card that works
+    products = anonymous.get("/api/v1/products/").json()
+    assert len(products) >= 2
+    assert {"id", "sku", "name", "price", "currency"} <= set(products[0])
+    first, second = products[0], products[1]
+    response = customer.post(
+        "/api/v1/orders/",
+        json={
+            "items": [{"product_id": first["id"], "quantity": 2}, {"product_id": second["id"], "quantity": 1}],
+            "payment_method": "tok_visa",
+        },
+    )
+
+    # then the order is confirmed and paid, priced from the catalog
+    assert response.status_code == 201, response.text
+    order = response.json()
+    expected_total = Decimal(first["price"]) * 2 + Decimal(second["price"])
+    assert order["status"] == "confirmed"
+    assert order["user_id"] == account["id"]
+    assert Decimal(order["total_amount"]) == expected_total
+    assert order["payment"]["status"] == "succeeded"
+    assert Decimal(order["payment"]["amount"]) == expected_total
+    assert [(i["product_id"], i["quantity"]) for i in order["items"]] == [(first["id"], 2), (second["id"], 1)]
+
+    # and it is theirs to read, with its payment
+    assert customer.get(f"/api/v1/orders/{order['id']}/").json()["id"] == order["id"]
+    listed = customer.get("/api/v1/orders/").json()
+    assert [o["id"] for o in listed["results"]] == [order["id"]]
+    payment = customer.get(f"/api/v1/payments/{order['payment']['id']}/")
+    assert payment.status_code == 200
+    assert payment.json()["status"] == "succeeded"
+
+    # and the worker sent a welcome email and an order confirmation naming the order, its items and total
+    wait_for_mail(system.var_dir, account["email"], "Welcome")
+    confirmation = wait_for_mail(system.var_dir, account["email"], f"#{order['id']}")
+    assert first["name"] in confirmation
+    assert second["name"] in confirmation
+    assert str(expected_total) in confirmation
+
+
+def test_a_declined_card_cancels_the_order_and_sends_no_confirmation(customer: Any, system: manage_all.System) -> None:
+    client, account = customer
+    product = client.get("/api/v1/products/").json()[0]
+
+    response = client.post(
+        "/api/v1/orders/",
+        json={"items": [{"product_id": product["id"], "quantity": 1}], "payment_method": "tok_chargeDeclined"},
+    )
+
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert order["status"] == "cancelled"
+    assert order["payment"]["status"] == "failed"
+    wait_for_mail(system.var_dir, account["email"], "Welcome")  # the worker has caught up with this user
+    time.sleep(1)
+    assert not [m for m in sent_mails(system.var_dir) if f"#{order['id']} is confirmed" in m]
+
+
+def test_invalid_orders_are_refused_with_field_details_and_nothing_is_written(customer: Any) -> None:
+    client, _ = customer
+    product = client.get("/api/v1/products/").json()[0]
+    line = {"product_id": product["id"], "quantity": 1}
+    bad_bodies = {
+        "unknown product": {"items": [{"product_id": 999_999, "quantity": 1}], "payment_method": "tok_visa"},
+        "quantity 0": {"items": [{**line, "quantity": 0}], "payment_method": "tok_visa"},
+        "quantity 101": {"items": [{**line, "quantity": 101}], "payment_method": "tok_visa"},
+        "no items": {"items": [], "payment_method": "tok_visa"},
+        "unknown token": {"items": [line], "payment_method": "tok_doesNotExist"},
+    }
+
+    for label, body in bad_bodies.items():
+        response = client.post("/api/v1/orders/", json=body)
+        assert response.status_code == 400, (label, response.text)
+        error = response.json()["error"]
+        assert error["code"] in {"validation_error", "invalid_payment_method"}, label
+        assert error["details"], label
+
+    assert client.get("/api/v1/orders/").json()["count"] == 0
+
+
+def test_someone_elses_order_and_payment_are_not_found(gateway: str) -> None:
+    alice, _ = sign_up(gateway, name="Alice")
+    mallory, mallory_account = sign_up(gateway, name="Mallory")
+    product = alice.get("/api/v1/products/").json()[0]
+    order = alice.post(
+        "/api/v1/orders/",
+        json={"items": [{"product_id": product["id"], "quantity": 1}], "payment_method": "tok_visa"},
+    ).json()
+
+    for path in (f"/api/v1/orders/{order['id']}/", f"/api/v1/payments/{order['payment']['id']}/"):
+        response = mallory.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found"
+    assert mallory.get(f"/api/v1/users/{order['user_id']}/").status_code == 404
+    assert mallory.get(f"/api/v1/users/{mallory_account['id']}/").status_code == 200
+    assert mallory.get("/api/v1/orders/").json()["count"] == 0
+
+
+def test_orders_need_a_valid_token(anonymous: Client, customer: Any) -> None:
+    assert anonymous.get("/api/v1/orders/").status_code == 401
+    forged = Client(anonymous.base_url, token=customer[1]["access"][:-4] + "AAAA")
+    response = forged.get("/api/v1/orders/")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"]
+
+
+def test_duplicate_signup_and_bad_credentials_are_clear_errors(anonymous: Client, customer: Any) -> None:
+    _, account = customer
+    duplicate = anonymous.post(
+        "/api/v1/users/", json={"email": account["email"].upper(), "name": "Again", "password": PASSWORD}
+    )
+    assert duplicate.status_code == 409
+    assert duplicate.json()["error"]["code"] == "email_taken"
+    weak = anonymous.post("/api/v1/users/", json={"email": "weak@example.com", "name": "W", "password": "123"})
+    assert weak.status_code == 400
+    assert "password" in weak.json()["error"]["details"]
+    wrong = anonymous.post("/api/v1/auth/token", json={"email": account["email"], "password": "not it"})
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "invalid_credentials"
+
+
+def test_a_refresh_token_buys_a_working_access_token(customer: Any) -> None:
+    client, account = customer
+
+    refreshed = client.post("/api/v1/auth/refresh", json={"refresh": account["refresh"]})
+
+    assert refreshed.status_code == 200, refreshed.text
+    fresh = Client(client.base_url, token=refreshed.json()["access"])
+    assert fresh.get("/api/v1/users/me/").json()["id"] == account["id"]

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from django.utils.cache import patch_cache_control
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from users.keys import current_jwk
+from users.selectors import user_get_active, user_get_visible
+from users.serializers import (
+    AccessTokenOutputSerializer,
+    ErrorSerializer,
+    JwksSerializer,
+    TokenObtainInputSerializer,
+    TokenPairOutputSerializer,
+    TokenRefreshInputSerializer,
+    UserCreateInputSerializer,
+    UserOutputSerializer,
+)
+from users.services import auth_token_obtain, auth_token_refresh, user_create
+from users.throttling import ScopedSettingsRateThrottle
+
+JWKS_MAX_AGE_SECONDS = 300
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+UNAUTHENTICATED = _error("No valid service assertion, or no signed-in user.")
+
+
+class UserCreateApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="users_create",
+        summary="Sign up",
+        request=UserCreateInputSerializer,
+        responses={
+            201: UserOutputSerializer,
+            400: _error("Invalid fields (validation_error), including a password the validators reject."),
+            401: _error("No valid service assertion."),
+            409: _error("The email address is taken (email_taken)."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = UserCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = user_create(**serializer.validated_data)
+        return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class UserMeApi(APIView):
+    @extend_schema(
+        operation_id="users_me",
+        summary="The signed-in user",
+        responses={200: UserOutputSerializer, 401: UNAUTHENTICATED, 404: _error("The account no longer exists.")},
+    )
+    def get(self, request: Request) -> Response:
+        user = user_get_active(user_id=request.user.id)
+        return Response(UserOutputSerializer(user).data)
+
+
+class UserDetailApi(APIView):
+    @extend_schema(
+        operation_id="users_retrieve",
+        summary="A user: yourself, or anyone for staff",
+        responses={200: UserOutputSerializer, 401: UNAUTHENTICATED, 404: _error("No such user visible to you.")},
+    )
+    def get(self, request: Request, user_id: int) -> Response:
+        user = user_get_visible(user_id=user_id, viewer=request.user)
+        return Response(UserOutputSerializer(user).data)
+
+
+class TokenObtainApi(APIView):
+    permission_classes = [AllowAny]
+    throttle_classes = [ScopedSettingsRateThrottle]
+    throttle_scope = "login"
+
+    @extend_schema(
+        operation_id="auth_token",
+        summary="Sign in: exchange email and password for tokens",
+        request=TokenObtainInputSerializer,
+        responses={
+            200: TokenPairOutputSerializer,
+            400: _error("Invalid fields (validation_error)."),
+            401: _error("Wrong email or password, or inactive account (invalid_credentials)."),
+            429: _error("Too many attempts (rate_limited); see Retry-After."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenObtainInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = auth_token_obtain(**serializer.validated_data)
+        return Response(TokenPairOutputSerializer(asdict(tokens)).data)
+
+
+class TokenRefreshApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="auth_refresh",
+        summary="A new access token for a refresh token",
+        request=TokenRefreshInputSerializer,
+        responses={
+            200: AccessTokenOutputSerializer,
+            400: _error("Invalid fields (validation_error)."),
+            401: _error("Invalid, expired or revoked refresh token (invalid_token, token_expired, token_revoked...)."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = auth_token_refresh(**serializer.validated_data)
+        return Response(AccessTokenOutputSerializer(asdict(tokens)).data)
+
+
+class JwksApi(APIView):
+    """The public keys that verify our tokens. Public: the gateway fetches it without an assertion."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="jwks", summary="JSON Web Key Set", auth=[], responses={200: JwksSerializer})
+    def get(self, request: Request) -> Response:
+        response = Response({"keys": [current_jwk()]})
+        patch_cache_control(response, public=True, max_age=JWKS_MAX_AGE_SECONDS)
+        return response
