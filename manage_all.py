@@ -374,10 +374,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_processes(processes: list[tuple[str, int]], timeout: float) -> None:
-    """SIGTERM each process group (gunicorn and Celery shut down gracefully on it), SIGKILL stragglers."""
+    """SIGTERM each main process (gunicorn's master and Celery's main process shut their children down
+    gracefully on it), then SIGKILL the process group of any that has not finished in time."""
     for _, pid in processes:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(pid_alive(pid) for _, pid in processes):
         time.sleep(0.1)
@@ -387,16 +388,29 @@ def stop_processes(processes: list[tuple[str, int]], timeout: float) -> None:
     for name, pid in processes:
         if pid_alive(pid):
             print(f"{name} did not stop in {timeout:.0f}s; killing it", flush=True)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        # The group too: a worker child orphaned by a crash must not keep a port or a message.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------------
 # Commands
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (``kill``, a container stop) both mean "stop everything cleanly". Set explicitly:
+    a launcher started in the background by a script inherits SIGINT ignored."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def command_up(args: argparse.Namespace) -> int:
     system = System()
+    stop_on_signals()
     if any(pid_alive(pid) for _, pid in system.recorded_processes()):
         raise LaunchError("the shop is already running (python3 manage_all.py status / down)")
     for stale in system.run_dir.glob("*.pid") if system.run_dir.exists() else ():
@@ -595,6 +609,8 @@ def command_test(args: argparse.Namespace) -> int:
     say("checks: ruff, import contracts, migrations")
     if subprocess.call([sys.executable, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT) != 0:
         checks_failed.append("ruff")
+    if subprocess.call([sys.executable, "-m", "ruff", "format", "--check", "--quiet", "."], cwd=ROOT) != 0:
+        checks_failed.append("ruff format")
     lint_env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(s.directory) for s in SERVICES)}
     lint = subprocess.run(
         [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
@@ -671,6 +687,9 @@ def main(argv: list[str]) -> int:
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
-from kombu import Connection, pools
-from kombu.transport.filesystem import Transport as FilesystemTransport
 
+from common.testing import EventBroker
 from user_service.celery import app as celery_app
 
 
@@ -28,45 +27,8 @@ def _private_empty_cache(settings: Any) -> Iterator[None]:
     cache.clear()
 
 
-class FilesystemBroker:
-    """A private kombu filesystem broker under a test's tmp dir, with this service's Celery app pointed at it."""
-
-    url = "filesystem://"
-
-    def __init__(self, root: Path) -> None:
-        for folder in ("queue", "control"):
-            (root / folder).mkdir(parents=True)
-        self.transport_options = {
-            "data_folder_in": str(root / "queue"),
-            "data_folder_out": str(root / "queue"),
-            "control_folder": str(root / "control"),
-            "store_processed": False,
-            "polling_interval": 0.05,
-        }
-
-    def connection(self) -> Connection:
-        return Connection(self.url, transport_options=self.transport_options)
-
-
-def _forget_broker_state() -> None:
-    # Connections and producers made before the switch would keep publishing to the old broker.
-    pools.reset()  # closes kombu's shared connection and producer pools and forgets them
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-    # The filesystem transport also remembers declared exchanges and bindings per process, and would skip
-    # writing them into the new control folder.
-    FilesystemTransport.global_state.clear()
-
-
-@pytest.fixture
-def filesystem_broker(tmp_path: Path, settings: Any) -> Iterator[FilesystemBroker]:
-    broker = FilesystemBroker(tmp_path / "broker")
-    saved = (celery_app.conf.broker_url, celery_app.conf.broker_transport_options)
-    settings.CELERY_BROKER_URL = broker.url
-    settings.CELERY_BROKER_TRANSPORT_OPTIONS = broker.transport_options
-    celery_app.conf.broker_url = broker.url
-    celery_app.conf.broker_transport_options = broker.transport_options
-    _forget_broker_state()
-    yield broker
-    celery_app.conf.broker_url, celery_app.conf.broker_transport_options = saved
-    _forget_broker_state()
+@pytest.fixture(autouse=True)
+def event_broker(tmp_path: Path) -> Iterator[EventBroker]:
+    # Every test publishes to a broker of its own, never to the development one or to a RabbitMQ.
+    with EventBroker(tmp_path / "broker", celery_app) as broker:
+        yield broker

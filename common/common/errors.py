@@ -93,6 +93,7 @@ _DRF_CODES: dict[type[drf_exceptions.APIException], str] = {
     drf_exceptions.Throttled: "rate_limited",
 }
 
+
 def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """``REST_FRAMEWORK['EXCEPTION_HANDLER']``."""
     if isinstance(exc, ApplicationError):
@@ -138,4 +139,3 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 def handler500(request: HttpRequest) -> JsonResponse:
     return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
-

@@ -109,9 +109,7 @@ class ServiceAssertionAuthentication(BaseAuthentication):
                 "This service only accepts requests through the gateway.", code="gateway_required"
             )
         try:
-            principal = verify_assertion(
-                token, audience=settings.SERVICE_NAME, secret=settings.INTERNAL_AUTH_SECRET
-            )
+            principal = verify_assertion(token, audience=settings.SERVICE_NAME, secret=settings.INTERNAL_AUTH_SECRET)
         except jwt.InvalidTokenError as exc:
             raise exceptions.AuthenticationFailed(
                 "The service assertion is invalid or expired.", code="invalid_service_assertion"

@@ -82,7 +82,7 @@ def database(*, default_name: str, var: Path) -> dict[str, Any]:
 
 
 def broker_url() -> str:
-    return config("BROKER_URL", default="filesystem://")
+    return config("BROKER_URL", default="filesystem://localhost/")
 
 
 def broker_transport_options(url: str, *, var: Path) -> dict[str, Any]:
@@ -131,9 +131,7 @@ def logging_config(*, service: str, level: str) -> dict[str, Any]:
                 "format": f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s",
             }
         },
-        "handlers": {
-            "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}
-        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             "django.request": {"level": "ERROR"},

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from django.conf import settings
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
 
+from celery import Celery
+from django.conf import settings
+from django.test.utils import override_settings
+from kombu import Connection, Queue, binding, pools
+from kombu.transport.filesystem import Transport as FilesystemTransport
+
+from common.events import EVENTS_EXCHANGE
 from common.internal_auth import HEADER, mint_assertion
 
 
@@ -19,3 +31,106 @@ def assertion_headers(
         is_staff=is_staff,
     )
     return {HEADER: token}
+
+
+@dataclass(frozen=True)
+class PublishedEvent:
+    """One message that reached a test's queue: its routing key, Celery task name and event envelope."""
+
+    routing_key: str
+    task: str
+    event: dict[str, Any]
+
+
+class EventBroker:
+    """A private kombu filesystem broker under a test's tmp folder, with a service's Celery app pointed at it,
+    so events a test publishes are real messages it can read back, and never reach the development broker
+    under var/ or a RabbitMQ named by BROKER_URL."""
+
+    # A host in the URL spares kombu's "No hostname was supplied" warning; the transport ignores it.
+    url = "filesystem://localhost/"
+
+    def __init__(self, root: Path, celery_app: Celery) -> None:
+        self.celery_app = celery_app
+        for folder in ("queue", "control"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        self.transport_options: dict[str, Any] = {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "control_folder": str(root / "control"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+        self._saved_conf: tuple[Any, Any] | None = None
+        # Whatever reads the broker from Django's settings (the health check) sees this broker too.
+        self._settings = override_settings(
+            CELERY_BROKER_URL=self.url, CELERY_BROKER_TRANSPORT_OPTIONS=self.transport_options
+        )
+
+    def start(self) -> None:
+        conf = self.celery_app.conf
+        self._saved_conf = (conf.broker_url, conf.broker_transport_options)
+        conf.broker_url = self.url
+        conf.broker_transport_options = self.transport_options
+        self._settings.enable()
+        self._forget_connections()
+
+    def stop(self) -> None:
+        if self._saved_conf is None:
+            return
+        self._settings.disable()
+        conf = self.celery_app.conf
+        conf.broker_url, conf.broker_transport_options = self._saved_conf
+        self._saved_conf = None
+        self._forget_connections()
+
+    def __enter__(self) -> EventBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def connection(self) -> Connection:
+        return Connection(self.url, transport_options=self.transport_options)
+
+    def subscribe(self, routing_key: str = "#") -> Callable[[], list[PublishedEvent]]:
+        """Bind a new queue to the events exchange for ``routing_key`` (as a consuming service binds its
+        own); the returned function drains it, giving what arrived since in the order it was published."""
+        # A fresh name each time: the transport remembers declared bindings process-wide, and would skip
+        # recording an already known one in this broker's control folder.
+        queue = Queue(f"test.{uuid.uuid4().hex}", [binding(EVENTS_EXCHANGE, routing_key=routing_key)])
+        with self.connection() as connection:
+            queue(connection.default_channel).declare()
+
+        def drain() -> list[PublishedEvent]:
+            received = []
+            with self.connection() as connection:
+                bound = queue(connection.default_channel)
+                while (message := bound.get(no_ack=True)) is not None:
+                    _args, kwargs, _embed = message.decode()
+                    received.append(
+                        PublishedEvent(
+                            routing_key=message.delivery_info["routing_key"],
+                            task=message.headers["task"],
+                            event=kwargs["event"],
+                        )
+                    )
+            # The transport orders messages by millisecond, then at random: the envelope's occurred_at
+            # (microseconds) tells the order in which they were published.
+            return sorted(received, key=lambda published: published.event["occurred_at"])
+
+        return drain
+
+    def _forget_connections(self) -> None:
+        # Connections and producers made before the switch would keep publishing to the other broker.
+        pools.reset()  # closes kombu's shared connection and producer pools and forgets them
+        if self.celery_app._pool is not None:
+            self.celery_app._pool.force_close_all()
+        self.celery_app._pool = None
+        self.celery_app.amqp._producer_pool = None
+        # The filesystem transport also remembers declared exchanges and bindings per process, and would
+        # skip writing them into a new control folder.
+        FilesystemTransport.global_state.clear()

@@ -1,18 +1,14 @@
 """Fixtures for the orders tests: the user and payment services stubbed at the HTTP edge (and only
-there), and a queue on the test broker that catches every published event."""
+there)."""
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import responses
 from django.conf import settings
-from kombu import Connection, Queue, binding
 from requests import PreparedRequest
 
-from common.events import EVENTS_EXCHANGE
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import Principal, verify_assertion
 
@@ -72,32 +68,3 @@ def payment_service(http: responses.RequestsMock) -> Callable[..., None]:
         http.add_callback(responses.POST, payments_url(), callback=answer, content_type="application/json")
 
     return stub
-
-
-@pytest.fixture
-def published_events(event_broker: dict[str, Any]) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """A fresh queue bound to every event type on the events exchange of the test broker. Calling the
-    fixture's value drains it and returns what arrived (routing key, task name and event envelope) in the
-    order it was published."""
-    queue = Queue(f"test.{uuid.uuid4().hex}", [binding(EVENTS_EXCHANGE, routing_key="#")], durable=True)
-    with Connection("filesystem://", transport_options=event_broker) as connection:
-        bound = queue(connection.default_channel)
-        bound.declare()
-
-        def drain() -> list[dict[str, Any]]:
-            received = []
-            while (message := bound.get(no_ack=True)) is not None:
-                _args, kwargs, _embed = message.decode()
-                received.append(
-                    {
-                        "routing_key": message.delivery_info.get("routing_key"),
-                        "task": message.headers.get("task"),
-                        "event": kwargs["event"],
-                    }
-                )
-            # The filesystem transport orders messages by millisecond, then at random: the envelope's
-            # occurred_at (microseconds) tells the order in which they were published.
-            return sorted(received, key=lambda message: message["event"]["occurred_at"])
-
-        yield drain
-        bound.delete()

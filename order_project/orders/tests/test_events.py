@@ -12,11 +12,12 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_confirmed_order_publishes_created_then_confirmed(
-    user_exists, payment_service, published_events, django_capture_on_commit_callbacks
+    user_exists, payment_service, event_broker, django_capture_on_commit_callbacks
 ) -> None:
-    # Given a product and a payment that succeeds
+    # Given a product, a payment that succeeds, and a queue bound to every event type
     product = ProductFactory(sku="MUG-001", name="Ceramic mug", price=Decimal("12.50"))
     payment_service("succeeded")
+    published_events = event_broker.subscribe()
 
     # When the order is placed and its transaction commits
     with django_capture_on_commit_callbacks(execute=True):
@@ -28,9 +29,9 @@ def test_a_confirmed_order_publishes_created_then_confirmed(
 
     # Then both events reached the events exchange, in order, as "events.handle" task messages
     messages = published_events()
-    assert [m["routing_key"] for m in messages] == ["order.created", "order.confirmed"]
-    assert {m["task"] for m in messages} == {"events.handle"}
-    created, confirmed = (m["event"] for m in messages)
+    assert [m.routing_key for m in messages] == ["order.created", "order.confirmed"]
+    assert {m.task for m in messages} == {"events.handle"}
+    created, confirmed = (m.event for m in messages)
     assert created["source"] == "orders"
     assert created["data"] == {
         "order_id": order.id,
@@ -53,11 +54,12 @@ def test_a_confirmed_order_publishes_created_then_confirmed(
 
 
 def test_a_declined_order_publishes_created_then_cancelled_with_the_reason(
-    user_exists, payment_service, published_events, django_capture_on_commit_callbacks
+    user_exists, payment_service, event_broker, django_capture_on_commit_callbacks
 ) -> None:
-    # Given a payment that is declined
+    # Given a payment that is declined, and a queue bound to every event type
     product = ProductFactory(price=Decimal("8.75"))
     payment_service("failed", failure_code="card_declined")
+    published_events = event_broker.subscribe()
 
     # When the order is placed
     with django_capture_on_commit_callbacks(execute=True):
@@ -69,20 +71,21 @@ def test_a_declined_order_publishes_created_then_cancelled_with_the_reason(
 
     # Then order.created is followed by order.cancelled naming the decline
     messages = published_events()
-    assert [m["routing_key"] for m in messages] == ["order.created", "order.cancelled"]
-    assert messages[1]["event"]["data"] == {"order_id": order.id, "user_id": USER_ID, "reason": "card_declined"}
+    assert [m.routing_key for m in messages] == ["order.created", "order.cancelled"]
+    assert messages[1].event["data"] == {"order_id": order.id, "user_id": USER_ID, "reason": "card_declined"}
 
 
 def test_a_rolled_back_order_publishes_nothing(
-    http, user_exists, published_events, django_capture_on_commit_callbacks
+    http, user_exists, event_broker, django_capture_on_commit_callbacks
 ) -> None:
-    # Given a payment service that does not know the payment method
+    # Given a payment service that does not know the payment method, and a queue bound to every event type
     product = ProductFactory()
     http.post(
         payments_url(),
         json={"error": {"code": "invalid_payment_method", "message": "Unknown payment method.", "details": {}}},
         status=400,
     )
+    published_events = event_broker.subscribe()
 
     # When placing the order fails
     with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(ValidationError):

@@ -1,21 +1,20 @@
-"""Events go through the real publishing code to a real (filesystem) broker in a temporary folder; the
-``payment_events`` queue is bound to the events exchange as a consuming service's queue would be."""
+"""Events go through the real publishing code to a real (filesystem) broker in a temporary folder; each
+test binds a ``payment.*`` queue to the events exchange as a consuming service's queue would be."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from common.testing import assertion_headers
+from common.events import HANDLE_TASK_NAME, publish_event
+from common.testing import EventBroker, assertion_headers
 from payments.models import Payment
 
 pytestmark = pytest.mark.django_db
 
 BODY = {"order_id": 42, "amount": "19.99", "currency": "USD", "payment_method": "tok_visa"}
-Drain = Callable[[], list[dict[str, Any]]]
 
 
 def post_charge(client: Client, body: dict[str, Any], **headers: str) -> Any:
@@ -28,8 +27,9 @@ def post_charge(client: Client, body: dict[str, Any], **headers: str) -> Any:
 
 
 def test_successful_charge_publishes_payment_succeeded_after_commit(
-    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any
+    client: Client, event_broker: EventBroker, django_capture_on_commit_callbacks: Any
 ) -> None:
+    payment_events = event_broker.subscribe("payment.*")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = post_charge(client, BODY)
     # Nothing leaves before the transaction commits.
@@ -39,7 +39,9 @@ def test_successful_charge_publishes_payment_succeeded_after_commit(
     callbacks[0]()
 
     payment = Payment.objects.get()
-    [event] = payment_events()
+    [published] = payment_events()
+    event = published.event
+    assert published.task == HANDLE_TASK_NAME
     assert response.status_code == 201
     assert event["type"] == "payment.succeeded"
     assert event["source"] == "payments"
@@ -61,12 +63,15 @@ def test_successful_charge_publishes_payment_succeeded_after_commit(
     [("tok_chargeDeclined", "card_declined"), ("tok_chargeDeclinedInsufficientFunds", "insufficient_funds")],
 )
 def test_declined_charge_publishes_payment_failed(
-    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any, token: str, failure_code: str
+    client: Client, event_broker: EventBroker, django_capture_on_commit_callbacks: Any, token: str, failure_code: str
 ) -> None:
+    payment_events = event_broker.subscribe("payment.*")
     with django_capture_on_commit_callbacks(execute=True):
         post_charge(client, {**BODY, "payment_method": token, "amount": "5"})
 
-    [event] = payment_events()
+    [published] = payment_events()
+    event = published.event
+    assert published.task == HANDLE_TASK_NAME
     assert event["type"] == "payment.failed"
     assert event["data"]["status"] == "failed"
     assert event["data"]["failure_code"] == failure_code
@@ -82,8 +87,9 @@ def test_declined_charge_publishes_payment_failed(
     ],
 )
 def test_refused_charge_publishes_nothing(
-    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any, body: dict[str, Any]
+    client: Client, event_broker: EventBroker, django_capture_on_commit_callbacks: Any, body: dict[str, Any]
 ) -> None:
+    payment_events = event_broker.subscribe("payment.*")
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = post_charge(client, body)
 
@@ -93,8 +99,9 @@ def test_refused_charge_publishes_nothing(
 
 
 def test_replayed_charge_publishes_nothing_again(
-    client: Client, payment_events: Drain, django_capture_on_commit_callbacks: Any
+    client: Client, event_broker: EventBroker, django_capture_on_commit_callbacks: Any
 ) -> None:
+    payment_events = event_broker.subscribe("payment.*")
     with django_capture_on_commit_callbacks(execute=True):
         post_charge(client, BODY, **{"Idempotency-Key": "k"})
     assert len(payment_events()) == 1
@@ -107,8 +114,8 @@ def test_replayed_charge_publishes_nothing_again(
     assert payment_events() == []
 
 
-def test_events_of_other_types_do_not_reach_a_payment_queue(payment_events: Drain) -> None:
-    from common.events import publish_event
+def test_events_of_other_types_do_not_reach_a_payment_queue(event_broker: EventBroker) -> None:
+    payment_events = event_broker.subscribe("payment.*")
 
     publish_event("order.confirmed", {"order_id": 1})
 

@@ -1,13 +1,13 @@
 from io import StringIO
-from typing import Any
 
 import pytest
 from django.core.mail import EmailMessage
 from django.core.management import call_command
-from kombu import Queue
+from kombu import Message, Queue
 
 from common.events import HANDLE_TASK_NAME, Event, publish_event
 from common.tasks import handle_event
+from common.testing import EventBroker
 from notifications.models import SentEmail
 from users.models import User
 
@@ -15,27 +15,27 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def bound_broker(filesystem_broker: Any) -> Any:
+def bound_broker(event_broker: EventBroker) -> EventBroker:
     """The broker with the exchange and this service's queue declared, as ``manage.py setup_broker`` does."""
     output = StringIO()
     call_command("setup_broker", stdout=output)
     assert "declared queue users.events" in output.getvalue()
-    return filesystem_broker
+    return event_broker
 
 
-def take_message(broker: Any, queue_name: str = "users.events") -> Any:
+def take_message(broker: EventBroker, queue_name: str = "users.events") -> Message:
     with broker.connection() as connection:
         message = connection.SimpleQueue(Queue(queue_name, no_declare=True)).get(timeout=2)
         message.ack()
         return message
 
 
-def queue_is_empty(broker: Any, queue_name: str = "users.events") -> bool:
+def queue_is_empty(broker: EventBroker, queue_name: str = "users.events") -> bool:
     with broker.connection() as connection:
         return connection.SimpleQueue(Queue(queue_name, no_declare=True)).qsize() == 0
 
 
-def test_published_event_lands_in_the_bound_queue_as_an_events_handle_task(bound_broker: Any) -> None:
+def test_published_event_lands_in_the_bound_queue_as_an_events_handle_task(bound_broker: EventBroker) -> None:
     event = publish_event("user.created", {"user_id": 7, "email": "ann@example.com", "name": "Ann"})
 
     message = take_message(bound_broker)
@@ -48,14 +48,14 @@ def test_published_event_lands_in_the_bound_queue_as_an_events_handle_task(bound
     assert queue_is_empty(bound_broker)
 
 
-def test_event_type_we_did_not_bind_never_reaches_our_queue(bound_broker: Any) -> None:
+def test_event_type_we_did_not_bind_never_reaches_our_queue(bound_broker: EventBroker) -> None:
     publish_event("payment.captured", {"payment_id": 1})
 
     assert queue_is_empty(bound_broker)
 
 
 def test_published_event_consumed_by_our_task_sends_the_email(
-    bound_broker: Any, customer: User, mailoutbox: list[EmailMessage]
+    bound_broker: EventBroker, customer: User, mailoutbox: list[EmailMessage]
 ) -> None:
     published = publish_event("user.created", {"user_id": customer.id, "email": customer.email, "name": customer.name})
 

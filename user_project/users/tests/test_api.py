@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from common.events import event_queue
 from common.internal_auth import ALGORITHM as ASSERTION_ALGORITHM
 from common.internal_auth import HEADER as ASSERTION_HEADER
-from common.testing import assertion_headers
+from common.testing import EventBroker, assertion_headers
 from common.tokens import sign_token
 from users.keys import signing_key
 from users.models import RefreshToken, User
@@ -261,10 +261,10 @@ def test_signup_with_malformed_json_is_a_400(api_client: APIClient) -> None:
 
 
 def test_signup_publishes_user_created_after_commit(
-    api_client: APIClient, filesystem_broker: Any, django_capture_on_commit_callbacks: Any
+    api_client: APIClient, event_broker: EventBroker, django_capture_on_commit_callbacks: Any
 ) -> None:
     queue = event_queue("users", settings.EVENT_HANDLERS)
-    with filesystem_broker.connection() as connection:
+    with event_broker.connection() as connection:
         queue(connection.default_channel).declare()
 
         with django_capture_on_commit_callbacks(execute=True):
