@@ -1,19 +1,10 @@
-from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from health_check.views import HealthCheckView
-from rest_framework.permissions import AllowAny
 
-from common.health import SERVICE_CHECKS
-
-docs_access = {"authentication_classes": [], "permission_classes": [AllowAny]}
+from common.urls import service_urls
 
 urlpatterns = [
     path("api/v1/", include("payments.urls")),
-    path("health/", HealthCheckView.as_view(checks=SERVICE_CHECKS), name="health"),
-    path("admin/payments/", admin.site.urls),
-    path("api/schema/payments/", SpectacularAPIView.as_view(**docs_access), name="schema"),
-    path("api/docs/payments/", SpectacularSwaggerView.as_view(url_name="schema", **docs_access), name="docs"),
+    *service_urls("payments"),
 ]
 
 handler400 = "common.errors.handler400"

@@ -1,4 +1,5 @@
-"""How the OpenAPI schema describes the service assertion every API call carries."""
+"""How the services' OpenAPI schemas describe the service assertion every API call carries. Importing this
+module registers the description with drf-spectacular (the common app does it on start)."""
 
 from typing import Any
 
@@ -9,12 +10,13 @@ from common.internal_auth import HEADER
 
 class ServiceAssertionScheme(OpenApiAuthenticationExtension):
     target_class = "common.internal_auth.ServiceAssertionAuthentication"
-    name = "serviceAssertion"
+    name = "ServiceAssertion"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {
             "type": "apiKey",
             "in": "header",
             "name": HEADER,
-            "description": "HS256 JWT minted by the gateway or a calling service for audience 'payments'.",
+            "description": "Short-lived HS256 JWT minted by the gateway (or a calling service) for this service; "
+            "clients authenticate at the gateway with their access token instead.",
         }
