@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
+import requests
 from conftest import PASSWORD, Client, sent_mails, sign_up, wait_for_mail
 
 import manage_all
@@ -158,3 +160,42 @@ def test_a_refresh_token_buys_a_working_access_token(customer: Any) -> None:
     assert refreshed.status_code == 200, refreshed.text
     fresh = Client(client.base_url, token=refreshed.json()["access"])
     assert fresh.get("/api/v1/users/me/").json()["id"] == account["id"]
+
+
+def test_order_pages_link_to_the_next_page_through_the_gateway(customer: Any) -> None:
+    client, _ = customer
+    product = client.get("/api/v1/products/").json()[0]
+    placed = [
+        client.post(
+            "/api/v1/orders/",
+            json={"items": [{"product_id": product["id"], "quantity": 1}], "payment_method": "tok_visa"},
+        ).json()["id"]
+        for _ in range(2)
+    ]
+
+    first_page = client.get("/api/v1/orders/?page_size=1").json()
+
+    assert first_page["count"] == 2
+    assert [order["id"] for order in first_page["results"]] == [placed[1]]  # newest first
+    assert first_page["next"].startswith(client.base_url + "/api/v1/orders/")  # the gateway, not the service
+    second_page = client.session.get(first_page["next"], headers={"Authorization": f"Bearer {client.token}"})
+    assert [order["id"] for order in second_page.json()["results"]] == [placed[0]]
+
+
+def test_concurrent_orders_are_all_placed_and_paid_once(gateway: str) -> None:
+    # SQLite in embedded mode serialises writers: each must wait its turn, none may fail with "locked".
+    client, _ = sign_up(gateway)
+    product = client.get("/api/v1/products/").json()[0]
+    body = {"items": [{"product_id": product["id"], "quantity": 1}], "payment_method": "tok_visa"}
+
+    def place(_: int) -> requests.Response:
+        return Client(gateway, token=client.token).post("/api/v1/orders/", json=body)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(place, range(16)))
+
+    assert [r.status_code for r in responses] == [201] * 16, [r.text for r in responses if r.status_code != 201]
+    orders = [r.json() for r in responses]
+    assert len({o["id"] for o in orders}) == 16
+    assert len({o["payment"]["id"] for o in orders}) == 16
+    assert client.get("/api/v1/orders/?page_size=100").json()["count"] == 16
