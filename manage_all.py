@@ -40,7 +40,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VENV_PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-REQUIREMENTS = ROOT / "requirements.txt"
+REQUIREMENTS = ROOT / "requirements-dev.txt"  # the runtime pins plus the test and lint tools
 HOST = "127.0.0.1"
 
 
@@ -126,7 +126,7 @@ def say(message: str) -> None:
 
 def requirements_fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in (REQUIREMENTS, ROOT / "common" / "pyproject.toml"):
+    for path in (ROOT / "requirements.txt", REQUIREMENTS, ROOT / "common" / "pyproject.toml"):
         digest.update(path.read_bytes())
     digest.update(sys.version.encode())
     return digest.hexdigest()
