@@ -3,6 +3,7 @@ tells it to. The user service's stub also publishes a JWKS."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -76,7 +77,7 @@ class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the gateway dropping a pooled connection between tests is no error
+        """Stay quiet: the gateway dropping a pooled connection between tests is no error."""
 
 
 class _StubHandler(BaseHTTPRequestHandler):
@@ -116,7 +117,8 @@ class _StubHandler(BaseHTTPRequestHandler):
             self._send(reply.status, reply.body, reply.headers)
 
     def _send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        try:
+        # OSError: the gateway gave up waiting (timeout tests) and closed the connection.
+        with contextlib.suppress(OSError):
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
@@ -124,7 +126,5 @@ class _StubHandler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
-        except OSError:
-            pass  # the gateway gave up waiting (timeout tests)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
