@@ -32,12 +32,16 @@ def handle_event(self: Any, event: dict[str, Any]) -> None:
         import_string(handler_path)(parsed)
     except TRANSIENT_ERRORS as exc:
         # Back onto this service's own queue through the default exchange: Celery's default retry would
-        # re-publish to the topic exchange and hand the event to every other subscriber again.
+        # re-publish to the topic exchange and hand the event to every other subscriber again. ``queue``
+        # too: without it Celery's router fills in task_default_queue, and a direct default queue makes it
+        # replace our routing key with that queue's name (e.g. users.tasks), which no worker consumes.
+        queue = own_event_queue_name()
         raise self.retry(
             exc=exc,
             countdown=min(2**self.request.retries, 60),
+            queue=queue,
             exchange="",
-            routing_key=own_event_queue_name(),
+            routing_key=queue,
         ) from exc
     finally:
         reset_request_id(token)

@@ -1,0 +1,288 @@
+"""The event path for real: a Celery worker, in a thread of the test process, consuming from a real broker.
+
+Every test runs against the private filesystem broker of the ``event_broker`` fixture, with this service's
+real queue (``users.events``) and bindings, declared as ``manage.py setup_broker`` declares them. When
+BROKER_URL names a RabbitMQ (CI), every test runs against it too: there under a test-only service name and
+test-only event types, so that a running system's queues never see one of these messages, and its queues
+are deleted afterwards.
+
+The worker runs in another thread with its own database connection: the tests commit their rows
+(``transaction=True``) so that it sees them.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import StringIO
+from typing import Any
+
+import pytest
+from celery import signals
+from celery.contrib.testing.worker import start_worker
+from django.core.mail import EmailMessage
+from django.core.management import call_command
+from kombu import Queue, binding
+
+from common.events import EVENTS_EXCHANGE, event_queue, own_event_queue_name, publish_event
+from common.testing import EventBroker
+from notifications.models import SentEmail
+from notifications.tests.backends import flaky_smtp_fails_next
+from user_service.celery import app as celery_app
+from users.models import User
+from users.tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WAIT_SECONDS = 15.0
+FLAKY_BACKEND = "notifications.tests.backends.FlakySmtpBackend"
+
+
+class EventBus:
+    """The broker a test's worker consumes from: the queue it reads, and the event types published there."""
+
+    def __init__(self, *, queue: Queue, type_suffix: str = "", delete_queues: bool = False) -> None:
+        self.queue = queue
+        self._type_suffix = type_suffix
+        self._delete_queues = delete_queues
+        self._declared: list[Queue] = []
+
+    def event_type(self, name: str) -> str:
+        """The type under which this bus publishes events of type ``name``."""
+        return name + self._type_suffix
+
+    def declare(self, queue: Queue) -> None:
+        with celery_app.connection_for_write() as connection:
+            EVENTS_EXCHANGE(connection.default_channel).declare()
+            queue(connection.default_channel).declare()
+        self._declared.append(queue)
+
+    def subscribe(self, event_type: str) -> Callable[[], list[str]]:
+        """Bind another service's queue to ``event_type`` on the events exchange; the returned function
+        drains it and gives the ids of the events that reached it."""
+        queue = Queue(f"test.other.{uuid.uuid4().hex}", [binding(EVENTS_EXCHANGE, routing_key=event_type)])
+        self.declare(queue)
+
+        def drain() -> list[str]:
+            ids: list[str] = []
+            with celery_app.connection_for_write() as connection:
+                bound = queue(connection.default_channel)
+                while (message := bound.get(no_ack=True)) is not None:
+                    _args, kwargs, _embed = message.decode()
+                    ids.append(kwargs["event"]["id"])
+            return ids
+
+        return drain
+
+    def messages_waiting(self) -> int:
+        """Messages in the worker's queue that nobody holds: none are left once every event was handled."""
+        with celery_app.connection_for_write() as connection:
+            return self.queue(connection.default_channel).queue_declare(passive=True).message_count
+
+    def close(self) -> None:
+        if not self._delete_queues:
+            return
+        with celery_app.connection_for_write() as connection:
+            for queue in self._declared:
+                queue(connection.default_channel).delete()
+
+
+@pytest.fixture(params=["filesystem", "amqp"])
+def bus(request: pytest.FixtureRequest, event_broker: EventBroker, settings: Any) -> Iterator[EventBus]:
+    if request.param == "filesystem":
+        # This service's own queue and bindings, in the test's private broker.
+        call_command("setup_broker", stdout=StringIO())
+        yield EventBus(queue=celery_app.amqp.queues[own_event_queue_name()])
+        return
+
+    if not os.environ.get("BROKER_URL", "").startswith("amqp://"):
+        pytest.skip("BROKER_URL does not name a RabbitMQ")
+    event_broker.stop()  # back to the broker the settings name: BROKER_URL's RabbitMQ
+    # A service and event types of this test alone: a running system's users.events queue is bound to
+    # user.created, and must neither receive these events nor lose its own to this worker.
+    tag = f"test{uuid.uuid4().hex[:12]}"
+    settings.SERVICE_NAME = tag
+    settings.EVENT_HANDLERS = {f"{event_type}.{tag}": path for event_type, path in settings.EVENT_HANDLERS.items()}
+    queue = event_queue(settings.SERVICE_NAME, settings.EVENT_HANDLERS)
+    assert queue.name == own_event_queue_name()
+    celery_app.amqp.queues.add(queue)  # as the worker's app holds users.events, from CELERY_TASK_QUEUES
+    bus = EventBus(queue=queue, type_suffix=f".{tag}", delete_queues=True)
+    try:
+        bus.declare(queue)
+        yield bus
+    finally:
+        bus.close()
+        celery_app.amqp.queues.deselect([queue.name])
+        celery_app.amqp.queues.pop(queue.name, None)
+
+
+@contextmanager
+def running_worker(bus: EventBus) -> Iterator[None]:
+    """A worker consuming the bus's queue, as ``celery worker --queues users.events`` does, in a thread.
+
+    The threads pool runs tasks off the consumer's event loop, as the production prefork pool does. (With
+    the solo pool on RabbitMQ, a message published after a task had finished waited ~10 s to be received.)
+    """
+    with start_worker(
+        celery_app,
+        queues=[bus.queue.name],
+        pool="threads",
+        concurrency=1,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=10.0,
+    ) as worker:
+        yield
+        # Left to itself the worker notices it should stop only after two 2-second waits for messages;
+        # the remote-control shutdown command (addressed to this worker alone) stops it at once.
+        celery_app.control.shutdown(destination=[worker.hostname])
+
+
+@dataclass
+class TaskLog:
+    """What the worker did with each task id (= event id), recorded from Celery's signals in its thread."""
+
+    attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    outcomes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    errors: dict[str, list[BaseException]] = field(default_factory=lambda: defaultdict(list))
+
+    def on_prerun(self, task_id: str, **kwargs: Any) -> None:
+        self.attempts[task_id] += 1
+
+    def on_postrun(self, task_id: str, state: str, **kwargs: Any) -> None:
+        self.outcomes[task_id].append(state)
+
+    def on_failure(self, task_id: str, exception: BaseException, **kwargs: Any) -> None:
+        self.errors[task_id].append(exception)
+
+    def on_retry(self, request: Any, reason: Any, **kwargs: Any) -> None:
+        # reason: the Retry exception, whose exc is what the handler raised
+        self.errors[request.id].append(getattr(reason, "exc", reason))
+
+    def wait_for(self, task_id: str, state: str) -> None:
+        """Wait until an attempt at ``task_id`` ended in ``state`` (SUCCESS, FAILURE, RETRY)."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while state not in self.outcomes[task_id]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no attempt at {task_id} ended in {state} within {WAIT_SECONDS}s: {dict(self.outcomes)}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def task_log() -> Iterator[TaskLog]:
+    log = TaskLog()
+    receivers = ((signals.task_prerun, log.on_prerun), (signals.task_postrun, log.on_postrun))
+    receivers += ((signals.task_failure, log.on_failure), (signals.task_retry, log.on_retry))
+    for signal, receiver in receivers:
+        signal.connect(receiver, weak=False)
+    yield log
+    for signal, receiver in receivers:
+        signal.disconnect(receiver)
+
+
+@pytest.fixture
+def customer() -> User:
+    return UserFactory(email="ann@example.com", name="Ann Example")
+
+
+@pytest.fixture
+def flaky_smtp(settings: Any) -> Iterator[Callable[[int], None]]:
+    settings.EMAIL_BACKEND = FLAKY_BACKEND
+    flaky_smtp_fails_next(0)
+    yield flaky_smtp_fails_next
+    flaky_smtp_fails_next(0)
+
+
+def user_created_data(user: User) -> dict[str, Any]:
+    return {"user_id": user.id, "email": user.email, "name": user.name}
+
+
+def test_worker_consumes_published_user_created_and_sends_the_welcome_email(
+    bus: EventBus, task_log: TaskLog, customer: User, mailoutbox: list[EmailMessage]
+) -> None:
+    with running_worker(bus):
+        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        task_log.wait_for(event.id, "SUCCESS")
+
+    assert task_log.attempts[event.id] == 1
+    [email] = mailoutbox
+    assert email.to == ["ann@example.com"]
+    assert email.subject == "Welcome to Shop, Ann Example!"
+    sent = SentEmail.objects.get()
+    assert str(sent.event_id) == event.id
+    assert sent.kind == SentEmail.Kind.WELCOME
+    assert bus.messages_waiting() == 0
+
+
+def test_transient_send_failure_is_retried_on_our_own_queue_and_not_redelivered_to_other_subscribers(
+    bus: EventBus,
+    task_log: TaskLog,
+    customer: User,
+    mailoutbox: list[EmailMessage],
+    flaky_smtp: Callable[[int], None],
+) -> None:
+    # Given another service subscribed to the same event, and a mail server that drops the first send
+    other_subscriber = bus.subscribe(bus.event_type("user.created"))
+    flaky_smtp(1)
+
+    with running_worker(bus):
+        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        task_log.wait_for(event.id, "SUCCESS")
+
+    # Then our worker tried twice and sent once
+    assert task_log.attempts[event.id] == 2
+    assert task_log.outcomes[event.id] == ["RETRY", "SUCCESS"]
+    assert [type(error) for error in task_log.errors[event.id]] == [smtplib.SMTPServerDisconnected]
+    assert len(mailoutbox) == 1
+    assert SentEmail.objects.filter(event_id=event.id).count() == 1
+    # and the retry went to our queue alone: the other subscriber got the event once, from the publish
+    assert other_subscriber() == [event.id]
+    assert bus.messages_waiting() == 0
+
+
+def test_retry_that_fails_again_is_retried_again_from_our_own_queue_until_the_send_succeeds(
+    bus: EventBus,
+    task_log: TaskLog,
+    customer: User,
+    mailoutbox: list[EmailMessage],
+    flaky_smtp: Callable[[int], None],
+) -> None:
+    # Given a mail server that drops two sends: the first retry fails too, and is retried from the message
+    # the first retry put on our queue (not from the original delivery through the events exchange)
+    flaky_smtp(2)
+
+    with running_worker(bus):
+        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        task_log.wait_for(event.id, "SUCCESS")
+
+    assert task_log.outcomes[event.id] == ["RETRY", "RETRY", "SUCCESS"]
+    assert [type(error) for error in task_log.errors[event.id]] == [smtplib.SMTPServerDisconnected] * 2
+    assert len(mailoutbox) == 1
+    assert SentEmail.objects.count() == 1
+
+
+def test_malformed_event_fails_once_without_retry_and_the_worker_handles_the_next(
+    bus: EventBus, task_log: TaskLog, customer: User, mailoutbox: list[EmailMessage]
+) -> None:
+    with running_worker(bus):
+        # Given an event whose handler raises a non-transient error (int("not-a-number"): ValueError)
+        poison = publish_event(bus.event_type("user.created"), {"user_id": "not-a-number"})
+        task_log.wait_for(poison.id, "FAILURE")
+        # When a good event follows it
+        good = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        task_log.wait_for(good.id, "SUCCESS")
+
+    # Then the bad one was tried exactly once, failed, and is gone from the queue; the good one was handled
+    assert task_log.attempts[poison.id] == 1
+    assert task_log.outcomes[poison.id] == ["FAILURE"]
+    [error] = task_log.errors[poison.id]
+    assert isinstance(error, ValueError)
+    assert [email.subject for email in mailoutbox] == ["Welcome to Shop, Ann Example!"]
+    assert str(SentEmail.objects.get().event_id) == good.id
+    assert bus.messages_waiting() == 0
