@@ -175,7 +175,7 @@ class System:
     """Everything ``up`` runs, parameterised so the cross-service tests can run a second copy on free ports
     with its own var/ folder through exactly the same code."""
 
-    var_dir: Path = ROOT / "var"
+    var_dir: Path = field(default_factory=lambda: Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve())
     ports: dict[str, int] = field(default_factory=dict)
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     web_workers: int = 2

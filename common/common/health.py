@@ -6,8 +6,10 @@ import dataclasses
 import datetime
 
 from django.conf import settings
+from django.http import JsonResponse
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable
+from health_check.views import HealthCheckView
 from kombu import Connection
 
 
@@ -27,6 +29,24 @@ class Broker(HealthCheck):
                 connection.ensure_connection(max_retries=1)
         except Exception as exc:  # kombu surfaces transport-specific errors; any of them means "down"
             raise ServiceUnavailable("Broker unreachable") from exc
+
+
+class ServiceHealthView(HealthCheckView):
+    """django-health-check's view, with JSON keyed by plain check names (``database``, ``cache``,
+    ``broker``) rather than the checks' Python reprs, so monitors and the gateway's /health can rely on
+    them."""
+
+    def render_to_response_json(self, status: int) -> JsonResponse:
+        return JsonResponse(
+            {_check_name(result.check): "ok" if result.error is None else str(result.error) for result in self.results},
+            status=status,
+        )
+
+
+def _check_name(check: HealthCheck) -> str:
+    name = type(check).__name__.lower()
+    alias = getattr(check, "alias", "default")
+    return name if alias == "default" else f"{name}:{alias}"
 
 
 SERVICE_CHECKS = (

@@ -21,7 +21,7 @@ def test_health_is_ok_when_every_service_is(client: Client, stubs: dict[str, Stu
     assert body["gateway"] == {"status": "ok", "checks": {"database": "ok"}}
     assert body["services"]["users"] == {
         "status": "ok",
-        "checks": {"DatabaseHealthCheck": "OK", "CacheHealthCheck": "OK"},
+        "checks": {"database": "ok", "cache": "ok", "broker": "ok"},
     }
     assert set(body["services"]) == {"users", "orders", "payments"}
     assert "down" not in body

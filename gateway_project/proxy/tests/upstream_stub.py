@@ -63,7 +63,7 @@ class StubUpstream:
     def reset(self) -> None:
         self.received.clear()
         self.replies.clear()
-        self.health = (200, {"DatabaseHealthCheck": "OK", "CacheHealthCheck": "OK"})
+        self.health = (200, {"database": "ok", "cache": "ok", "broker": "ok"})
         self.health_delay = 0.0
         self.jwks_fetches = 0
         self.drop_reused_connections = False
