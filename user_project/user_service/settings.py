@@ -100,6 +100,8 @@ SESSION_COOKIE_PATH = f"/admin/{SERVICE_NAME}/"
 CSRF_COOKIE_NAME = f"{SERVICE_NAME}_csrftoken"
 CSRF_COOKIE_PATH = SESSION_COOKIE_PATH
 SESSION_COOKIE_HTTPONLY = True
+# Browsers reach the admin through the gateway, over HTTPS in production: cookies only travel encrypted.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = config("SECURE_COOKIES", default=envs.is_production(), cast=bool)
 APPEND_SLASH = False
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
