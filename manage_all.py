@@ -636,7 +636,8 @@ def command_test(args: argparse.Namespace) -> int:
             sys.stdout.write(migrations.stdout + migrations.stderr)
             checks_failed.append(f"missing migrations in {service.name}")
 
-    results = []
+    common_env = {**os.environ, "VAR_DIR": str(report_dir / "var" / "common")}
+    results = [run_pytest("common", ROOT / "common", common_env, args.pytest_args, report_dir / "common.xml")]
     for service in SERVICES:
         env = {**system.env_for(service), "VAR_DIR": str(report_dir / "var" / service.name)}
         results.append(

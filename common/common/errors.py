@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
@@ -98,6 +99,13 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """``REST_FRAMEWORK['EXCEPTION_HANDLER']``."""
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+
+    # DRF's handler answers Django's Http404 (get_object_or_404, generic views) and PermissionDenied by
+    # converting them to its own; convert them here too, so the code below sees what it rendered.
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf_exceptions.PermissionDenied(*exc.args)
 
     response = drf_default_handler(exc, context)
     if response is None:

@@ -26,7 +26,9 @@ class Broker(HealthCheck):
                 transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
                 connect_timeout=self.timeout.total_seconds(),
             ) as connection:
-                connection.ensure_connection(max_retries=1)
+                # One immediate retry, within the check's own timeout: kombu's default is to sleep 2 s
+                # first, longer than a refused connection takes to report and than a short timeout allows.
+                connection.ensure_connection(max_retries=1, interval_start=0, timeout=self.timeout.total_seconds())
         except Exception as exc:  # kombu surfaces transport-specific errors; any of them means "down"
             raise ServiceUnavailable("Broker unreachable") from exc
 

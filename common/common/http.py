@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from common.errors import UpstreamTimeout, UpstreamUnavailable
@@ -95,4 +96,13 @@ class ServiceClient:
         except requests.Timeout as exc:
             raise UpstreamTimeout(details={"service": self.audience}) from exc
         except requests.RequestException as exc:
+            if _read_timed_out_after_retries(exc):
+                raise UpstreamTimeout(details={"service": self.audience}) from exc
             raise UpstreamUnavailable(details={"service": self.audience}) from exc
+
+
+def _read_timed_out_after_retries(exc: requests.RequestException) -> bool:
+    """Once the retries of an idempotent call are spent, urllib3 reports its read timeout as MaxRetryError,
+    which requests raises as a ConnectionError rather than a Timeout."""
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, MaxRetryError) and isinstance(cause.reason, ReadTimeoutError)

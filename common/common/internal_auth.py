@@ -89,7 +89,8 @@ def verify_assertion(token: str, *, audience: str, secret: str) -> Principal:
         options={"require": ["iss", "aud", "iat", "exp"]},
     )
     subject = claims.get("sub")
-    if subject is not None and not str(subject).isdigit():
+    # isascii too: str.isdigit() also accepts digits int() refuses ("²") or reads as others ("٣" is 3).
+    if subject is not None and not (str(subject).isascii() and str(subject).isdigit()):
         raise jwt.InvalidTokenError("sub must be a user id")
     return Principal(
         id=int(subject) if subject is not None else None,

@@ -13,8 +13,9 @@ from django.http import HttpRequest, HttpResponse
 
 HEADER = "X-Request-ID"
 # Strict enough that a client cannot inject log lines or header values, loose enough for the usual
-# UUID, ULID and hex formats other systems send.
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+# UUID, ULID and hex formats other systems send. Matched with fullmatch: "$" would also accept a trailing
+# newline.
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{8,128}")
 
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -24,7 +25,7 @@ def new_request_id() -> str:
 
 
 def accept_or_generate(candidate: str | None) -> str:
-    if candidate and _WELL_FORMED.match(candidate):
+    if candidate and _WELL_FORMED.fullmatch(candidate):
         return candidate
     return new_request_id()
 

@@ -66,7 +66,7 @@ def verify_token(
     """Return the claims of a valid token of ``token_type`` or raise :class:`TokenError`."""
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError as exc:
+    except jwt.InvalidTokenError as exc:  # DecodeError, and e.g. a "kid" that is not a string
         raise TokenError("The token is malformed.", code="malformed_token") from exc
     if header.get("alg") != ALGORITHM:
         raise TokenError("The token's algorithm is not accepted.", code="invalid_algorithm")
@@ -92,7 +92,8 @@ def verify_token(
         raise TokenError("The token is invalid.", code="invalid_token") from exc
     if claims.get("typ") != token_type:
         raise TokenError(f"An {token_type} token is required.", code="wrong_token_type")
-    if not str(claims["sub"]).isdigit():
+    # isascii too: str.isdigit() also accepts digits int() refuses ("²") or reads as others ("٣" is 3).
+    if not (str(claims["sub"]).isascii() and str(claims["sub"]).isdigit()):
         raise TokenError("The token's subject is invalid.", code="invalid_token")
     return claims
 
@@ -138,10 +139,15 @@ class JwksKeySet:
                 logger.warning("Could not refresh JWKS from %s: %s", self.url, exc)
 
 
-def parse_jwks(document: dict[str, Any]) -> dict[str, Ed25519PublicKey]:
+def parse_jwks(document: Any) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 keys of a JWK set by ``kid``, skipping other keys; ``ValueError`` if it is not a key set."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
+        raise ValueError("not a JWK set")
     keys: dict[str, Ed25519PublicKey] = {}
     for jwk in document.get("keys", []):
-        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("kid"), str):
+        if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            continue
+        if not isinstance(jwk.get("kid"), str) or not isinstance(jwk.get("x"), str):
             continue
         raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
         keys[jwk["kid"]] = Ed25519PublicKey.from_public_bytes(raw)

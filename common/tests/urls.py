@@ -1,0 +1,18 @@
+from django.urls import path
+
+from tests import views
+
+urlpatterns = [
+    path("api/me/", views.MeApi.as_view()),
+    path("api/public/", views.PublicApi.as_view()),
+    path("api/internal/", views.InternalApi.as_view()),
+    path("api/items/", views.ItemsApi.as_view()),
+    path("api/fail/<slug:kind>/", views.FailingApi.as_view()),
+    path("request-id/", views.request_id_view),
+    path("crash/", views.crash_view),
+]
+
+handler400 = "common.errors.handler400"
+handler403 = "common.errors.handler403"
+handler404 = "common.errors.handler404"
+handler500 = "common.errors.handler500"
