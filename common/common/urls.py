@@ -6,6 +6,7 @@ from django.urls import URLPattern, URLResolver, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from common.admin_site import name_admin_site
 from common.health import SERVICE_CHECKS, ServiceHealthView
 
 # The docs describe the API to anyone; they need no assertion.
@@ -13,6 +14,7 @@ _PUBLIC = {"authentication_classes": [], "permission_classes": [AllowAny]}
 
 
 def service_urls(service: str) -> list[URLPattern | URLResolver]:
+    name_admin_site(f"{service} service")
     return [
         path("health/", ServiceHealthView.as_view(checks=SERVICE_CHECKS), name="health"),
         path(f"admin/{service}/", admin.site.urls),

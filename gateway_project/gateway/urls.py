@@ -3,8 +3,11 @@ import re
 from django.contrib import admin
 from django.urls import path, re_path
 
+from common.admin_site import name_admin_site
 from proxy.routes import FORWARDED_PREFIXES
 from proxy.views import health_view, proxy_view
+
+name_admin_site("gateway")
 
 # Forwarded paths first: /admin/users/ belongs to the user service, not to the gateway's admin at /admin/.
 urlpatterns = [
