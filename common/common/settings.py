@@ -59,6 +59,15 @@ def secret(name: str, *, var: Path, scope: str = "shared", generate: Callable[[]
     return path.read_text()
 
 
+def new_ed25519_private_key_pem() -> str:
+    """A fresh Ed25519 key as a PKCS#8 PEM: the development default of a signing key (see :func:`secret`)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key = Ed25519PrivateKey.generate()
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+
+
 def database(*, default_name: str, var: Path) -> dict[str, Any]:
     """``DATABASES['default']`` from ``DATABASE_URL``, defaulting to a SQLite file under ``var/``."""
     url = config("DATABASE_URL", default=f"sqlite:///{var / default_name}.sqlite3")

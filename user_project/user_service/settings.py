@@ -129,19 +129,9 @@ SPECTACULAR_SETTINGS = {
 
 # Tokens: EdDSA (Ed25519) JWTs. The private key is a PEM in JWT_PRIVATE_KEY; in development one is
 # generated under var/secrets/users/ on first start.
-
-
-def _new_jwt_private_key() -> str:
-    """A fresh Ed25519 private key as a PKCS8 PEM (development only: production sets JWT_PRIVATE_KEY)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    key = Ed25519PrivateKey.generate()
-    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
-
-
-# Only the PEM text here; users.keys parses it on first use.
-JWT_PRIVATE_KEY = envs.secret("JWT_PRIVATE_KEY", var=VAR_DIR, scope=SERVICE_NAME, generate=_new_jwt_private_key)
+JWT_PRIVATE_KEY = envs.secret(
+    "JWT_PRIVATE_KEY", var=VAR_DIR, scope=SERVICE_NAME, generate=envs.new_ed25519_private_key_pem
+)
 JWT_ISSUER = config("JWT_ISSUER", default="shop-users")
 JWT_AUDIENCE = config("JWT_AUDIENCE", default="shop-api")
 JWT_ACCESS_TOKEN_LIFETIME = config("JWT_ACCESS_TOKEN_LIFETIME", default=600, cast=int)  # seconds
