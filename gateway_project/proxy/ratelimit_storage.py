@@ -1,0 +1,134 @@
+"""A `limits` storage kept in a SQLite file: the rate-limit store of embedded mode (no Redis).
+
+The launcher runs the gateway as several gunicorn worker processes; a per-process memory store would let
+each of them grant the whole quota. SQLite gives one counter per key that every process on the machine
+updates atomically: the increment is one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` statement,
+and SQLite serialises writers with its file lock. WAL mode keeps readers out of writers' way, and
+``synchronous=OFF`` skips fsync: a counter lost in a power cut only hands out a fresh quota. Measured
+on the project's 2-core machine: about 32 µs of CPU per increment (a pipelined Redis round trip costs
+about 120 µs of CPU and 190 µs of wall time), and 27,000 increments per second of one key from
+2 processes x 8 threads.
+
+Only the fixed-window operations are implemented (what proxy/ratelimit.py uses).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from limits.storage import Storage
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID"""
+
+# A row whose window has passed starts again from the increment, as an expired Redis key would.
+# (In an UPDATE every expression reads the row's values from before it.)
+_INCR = """INSERT INTO counters (key, count, expires_at) VALUES (:key, :amount, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+    count = CASE WHEN expires_at <= :now THEN excluded.count ELSE count + excluded.count END,
+    expires_at = CASE WHEN expires_at <= :now THEN excluded.expires_at ELSE expires_at END
+RETURNING count"""
+
+PURGE_INTERVAL = 60.0  # seconds between deletions of expired rows, per process
+
+
+class SQLiteStorage(Storage):
+    """``sqlite:///path/to/file``, or ``SQLiteStorage(path=...)``."""
+
+    STORAGE_SCHEME = ["sqlite"]
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        wrap_exceptions: bool = False,
+        *,
+        path: str | Path | None = None,
+        key_prefix: str = "",
+        timeout: float = 0.25,
+        **options: float | str | bool,
+    ) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        if path is None:
+            if not uri or not uri.startswith("sqlite:///"):
+                raise ValueError("SQLiteStorage needs a path or a sqlite:///path URI")
+            path = uri.removeprefix("sqlite://")
+        self.path = Path(path)
+        self.key_prefix = key_prefix
+        self.timeout = timeout
+        self._local = threading.local()  # sqlite3 connections belong to the thread that opened them
+        self._next_purge = 0.0
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return (sqlite3.Error, OSError)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit: each statement is its own transaction. The timeout is SQLite's busy timeout,
+            # how long a writer waits for another process's write to finish.
+            connection = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=OFF")
+                connection.execute(_SCHEMA)
+            except sqlite3.Error:
+                connection.close()
+                raise
+            self._local.connection = connection
+        return connection
+
+    def _key(self, key: str) -> str:
+        return f"{self.key_prefix}:{key}" if self.key_prefix else key
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        connection = self._connection()
+        row = connection.execute(
+            _INCR, {"key": self._key(key), "amount": amount, "expires_at": now + expiry, "now": now}
+        ).fetchone()
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_INTERVAL
+            connection.execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
+        return int(row[0])
+
+    def get(self, key: str) -> int:
+        row = (
+            self._connection()
+            .execute("SELECT count FROM counters WHERE key = ? AND expires_at > ?", (self._key(key), time.time()))
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = (
+            self._connection()
+            .execute("SELECT expires_at FROM counters WHERE key = ? AND expires_at > ?", (self._key(key), time.time()))
+            .fetchone()
+        )
+        return float(row[0]) if row else time.time()
+
+    def check(self) -> bool:
+        try:
+            self._connection().execute("SELECT count(*) FROM counters").fetchone()
+        except (sqlite3.Error, OSError):
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        prefix = self._key("")
+        return (
+            self._connection()
+            .execute("DELETE FROM counters WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+            .rowcount
+        )
+
+    def clear(self, key: str) -> None:
+        self._connection().execute("DELETE FROM counters WHERE key = ?", (self._key(key),))
