@@ -1,13 +1,21 @@
-"""Calls to the services: one keep-alive connection pool per service, shared by a worker's threads.
+"""Calls to the services: one keep-alive connection pool per instance, shared by a worker's threads.
 
 urllib3 directly (not requests): a request through the gateway should cost little more than the service's
 own work, and requests' per-call overhead is several times urllib3's (see PERFORMANCE.md).
+
+One call, :func:`send`: the service's circuit breaker admits it (proxy/breakers.py), the balancer picks an
+instance (proxy/balancer.py), and a failure (connection refused or broken, timeout, 502/503/504) is tried
+again on another instance when the request is idempotent and the retry fits the route's attempts, the
+overall deadline and the service's retry budget (proxy/retries.py). Every attempt's outcome feeds the
+breaker; a connection error also ejects the instance for a while. A route with a stale fallback answers
+with a recent copy (proxy/fallback.py) rather than an error.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import urllib3
 from django.conf import settings
@@ -15,22 +23,29 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
-    NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
 )
 
-from common.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from common.errors import ApplicationError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy import balancer, breakers, fallback, retries
+from proxy.routes import DEFAULT_UPSTREAM, UpstreamPolicy
 
 CHUNK_SIZE = 64 * 1024
-# A pooled connection the service closed just as it was reused fails before anything was processed; a
-# safe request is then retried once on a fresh connection instead of failing the client.
-_RETRIED_ONCE = frozenset({"GET", "HEAD", "OPTIONS"})
+RETRIED_STATUSES = frozenset({502, 503, 504})
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """The service's breaker is open: answered without trying it."""
+
+    def __init__(self, service: str, retry_after: int) -> None:
+        super().__init__(details={"service": service, "reason": "circuit_open"})
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 @functools.cache
 def pool_manager() -> urllib3.PoolManager:
-    return urllib3.PoolManager(num_pools=8, maxsize=settings.UPSTREAM_POOL_SIZE, block=False, retries=False)
+    return urllib3.PoolManager(num_pools=32, maxsize=settings.UPSTREAM_POOL_SIZE, block=False, retries=False)
 
 
 @functools.cache
@@ -49,6 +64,31 @@ def timeout(connect: float, read: float) -> urllib3.Timeout:
     return urllib3.Timeout(connect=connect, read=read)
 
 
+class Answer:
+    """The service's response, its body still unread, and what to do once the client has it."""
+
+    def __init__(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        *,
+        instance: str,
+        on_close: Callable[[], None] | None = None,
+        copy_key: str | None = None,
+    ) -> None:
+        self.response = response
+        self.status = response.status
+        self.reason = response.reason
+        self.headers = response.headers
+        self.instance = instance  # the base URL that answered, or "stale-copy"
+        self._on_close = on_close
+        self.copy_key = copy_key
+
+    def closed(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+
 def send(
     service: str,
     method: str,
@@ -56,18 +96,56 @@ def send(
     *,
     headers: dict[str, str],
     body: bytes | None,
-    connect_timeout: float,
-    read_timeout: float,
-) -> urllib3.BaseHTTPResponse:
-    """Send the request and return the response with its body still unread (stream it, then
+    policy: UpstreamPolicy = DEFAULT_UPSTREAM,
+    anonymous: bool = False,
+) -> Answer:
+    """Send the request and return the answer with its body still unread (stream it, then
     :class:`UpstreamBody` releases the connection). Failures raise the upstream errors of
-    :mod:`common.errors`: 503 when nothing reached the service, 504 when it did not answer in time, 502
-    when the exchange broke."""
-    pool = connection_pool(settings.UPSTREAMS[service])
-    attempts = 2 if method in _RETRIED_ONCE else 1
-    for attempt in range(1, attempts + 1):
+    :mod:`common.errors`: 503 when nothing reached the service (:class:`CircuitOpen` while its breaker
+    is open), 504 when it did not answer in time, 502 when the exchange broke."""
+    try:
+        answer = _send(service, method, target, headers=headers, body=body, policy=policy)
+    except (UpstreamUnavailable, UpstreamTimeout, UpstreamError):
+        if policy.stale_fallback and method == "GET" and (copy := fallback.stale_copy(service, target)):
+            return Answer(copy, instance="stale-copy")
+        raise
+    if policy.stale_fallback and method == "GET":
+        if answer.status in RETRIED_STATUSES and (copy := fallback.stale_copy(service, target)):
+            UpstreamBody(answer).close()
+            return Answer(copy, instance="stale-copy")
+        if anonymous:
+            answer.copy_key = fallback.wants_copy(service, target, answer.response)
+    return answer
+
+
+def _send(
+    service: str, method: str, target: str, *, headers: dict[str, str], body: bytes | None, policy: UpstreamPolicy
+) -> Answer:
+    deadline = time.monotonic() + (policy.deadline or settings.UPSTREAM_DEADLINE)
+    connect_timeout = policy.connect_timeout or settings.UPSTREAM_CONNECT_TIMEOUT
+    read_timeout = policy.read_timeout or settings.UPSTREAM_READ_TIMEOUT
+    instances = balancer.balancer(service)
+    breaker = breakers.breaker(service)
+    budget = retries.budget(service)
+    budget.record_request()
+    allowed_retries = policy.retries if retries.retryable(method, headers) else 0
+    retried = 0
+    tried: list[balancer.Instance] = []
+    while True:
         try:
-            return pool.urlopen(
+            probe = breaker.admit()
+        except breakers.BreakerOpen as exc:
+            raise CircuitOpen(service, exc.retry_after) from exc
+        instance = instances.acquire(exclude=tried)
+        tried.append(instance)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            instances.release(instance)
+            breaker.cancel(probe)
+            raise UpstreamTimeout(details={"service": service, "reason": "deadline"})
+        failure: ApplicationError
+        try:
+            response = connection_pool(instance.url).urlopen(
                 method,
                 target,
                 body=body,
@@ -75,21 +153,48 @@ def send(
                 retries=False,
                 redirect=False,
                 assert_same_host=False,
-                timeout=timeout(connect_timeout, read_timeout),
+                timeout=timeout(min(connect_timeout, remaining), min(read_timeout, remaining)),
                 preload_content=False,
                 decode_content=False,
             )
-        except (NewConnectionError, ConnectTimeoutError) as exc:  # nothing was sent
-            raise UpstreamUnavailable(details={"service": service}) from exc
-        except ReadTimeoutError as exc:
-            raise UpstreamTimeout(details={"service": service}) from exc
-        except ProtocolError as exc:
-            if attempt < attempts:
-                continue
-            raise UpstreamError(details={"service": service}) from exc
-        except HTTPError as exc:
-            raise UpstreamError(details={"service": service}) from exc
-    raise AssertionError("unreachable")  # pragma: no cover
+        except ConnectTimeoutError as exc:  # NewConnectionError (refused) included: nothing was sent
+            instances.eject(instance, seconds=settings.UPSTREAM_EJECT_SECONDS, reason=type(exc).__name__)
+            failure = UpstreamUnavailable(details={"service": service})
+        except ReadTimeoutError:
+            failure = UpstreamTimeout(details={"service": service})
+        except (ProtocolError, HTTPError):  # the connection broke mid-exchange
+            failure = UpstreamError(details={"service": service})
+        except BaseException:  # anything unforeseen must not leak a probe slot or an outstanding count
+            instances.release(instance)
+            breaker.cancel(probe)
+            raise
+        else:
+            breaker.record(success=response.status < 500, probe=probe)
+            if response.status not in RETRIED_STATUSES or not _may_retry(retried, allowed_retries, budget, deadline):
+                return Answer(response, instance=instance.url, on_close=functools.partial(instances.release, instance))
+            response.drain_conn()
+            response.release_conn()
+            instances.release(instance)
+            retried += 1
+            continue
+        breaker.record(success=False, probe=probe)
+        instances.release(instance)
+        if not _may_retry(retried, allowed_retries, budget, deadline):
+            if time.monotonic() >= deadline:
+                raise UpstreamTimeout(details={"service": service, "reason": "deadline"}) from failure
+            raise failure
+        retried += 1
+
+
+def _may_retry(retried: int, allowed: int, budget: retries.RetryBudget, deadline: float) -> bool:
+    """Whether another attempt is allowed; if so, after its jittered backoff has been waited out."""
+    if retried >= allowed:
+        return False
+    pause = retries.backoff(retried + 1)
+    if time.monotonic() + pause >= deadline or not budget.try_retry():
+        return False
+    time.sleep(pause)
+    return True
 
 
 class UpstreamBody:
@@ -97,13 +202,33 @@ class UpstreamBody:
     the client has it (or went away): a fully read connection goes back to the pool, a partly read one is
     closed, since what is left of the body would be taken for the next response."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
-        self._response = response
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
+        self._response = answer.response
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._response.stream(CHUNK_SIZE, decode_content=False)
+        chunks = self._response.stream(CHUNK_SIZE, decode_content=False)
+        if self._answer.copy_key:
+            return fallback.copying(self._answer.copy_key, self._response, chunks)
+        return chunks
 
     def close(self) -> None:
         if not self._response.closed:
             self._response.close()
         self._response.release_conn()
+        self._answer.closed()
+
+
+def upstreams_status() -> dict[str, object]:
+    """Breaker state and instance health of every service, as this worker process sees them."""
+    states = breakers.states()
+    return {
+        "breakers": breakers.store_status(),
+        "services": {
+            each.service: {"breaker": states[each.service], "instances": each.status()} for each in balancer.balancers()
+        },
+    }
+
+
+def health_target(service: str) -> str:
+    return balancer.balancer(service).health_target()

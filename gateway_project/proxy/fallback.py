@@ -1,0 +1,108 @@
+"""Stale copies: for a route with ``stale_fallback`` (the catalog), a recent copy of a successful answer
+is served, marked stale, when the service is down or its breaker is open, instead of a 503.
+
+What is kept: 200 answers to anonymous GETs (so a copy can never hold anything about one user), without
+Set-Cookie or ``Cache-Control: private/no-store``, of at most ``STALE_MAX_BYTES``, in the cache (Redis
+when ``REDIS_URL`` is set, so every worker serves the same copies; else per process, at most 300) for
+``STALE_MAX_AGE`` seconds. The copy is taken while the body streams to the client, and a worker
+refreshes a given path at most every ``STALE_MAX_AGE / 60`` seconds (1 s at least), so the catalog's
+normal traffic costs a cache write now and then, not one per request.
+
+A stale answer carries ``X-Cache: stale``, ``Age`` (seconds since it was copied) and
+``Warning: 110 - "Response is Stale"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import urllib3
+from django.conf import settings
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+_NOT_KEPT_HEADERS = frozenset({"date", "server", "connection", "keep-alive", "transfer-encoding", "age"})
+_next_copy: dict[str, float] = {}  # cache key -> monotonic time this worker copies that path again
+_lock = threading.Lock()
+_generation = ""  # the same in every worker, so they share copies; only tests start afresh
+
+
+def _key(service: str, target: str) -> str:
+    return f"stale{_generation}:{service}:{hashlib.sha256(target.encode()).hexdigest()}"
+
+
+def wants_copy(service: str, target: str, response: urllib3.BaseHTTPResponse) -> str | None:
+    """The cache key to copy this answer under, or None when no copy is due or allowed."""
+    if response.status != 200 or "set-cookie" in response.headers:
+        return None
+    cache_control = response.headers.get("Cache-Control", "").lower()
+    if "no-store" in cache_control or "private" in cache_control:
+        return None
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > settings.STALE_MAX_BYTES:
+        return None
+    key = _key(service, target)
+    now = time.monotonic()
+    with _lock:
+        if _next_copy.get(key, 0.0) > now:
+            return None
+        if len(_next_copy) > 10_000:  # bounded: forgetting only means an earlier refresh
+            _next_copy.clear()
+        _next_copy[key] = now + max(1.0, settings.STALE_MAX_AGE / 60)
+    return key
+
+
+def copying(key: str, response: urllib3.BaseHTTPResponse, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Pass the body through, keeping it when it was read to its end within the size limit."""
+    kept: list[bytes] = []
+    size = 0
+    limit = settings.STALE_MAX_BYTES
+    for chunk in chunks:
+        if size <= limit:
+            size += len(chunk)
+            kept.append(chunk)
+        yield chunk
+    if size <= limit:
+        headers = [(n, v) for n, v in response.headers.items() if n.lower() not in _NOT_KEPT_HEADERS]
+        try:
+            cache.set(key, (time.time(), headers, b"".join(kept)), timeout=settings.STALE_MAX_AGE)
+        except Exception as exc:  # the cache being down must never fail the answer that is streaming
+            logger.warning("could not keep a stale copy: %s", exc)
+
+
+def stale_copy(service: str, target: str) -> urllib3.HTTPResponse | None:
+    try:
+        found = cache.get(_key(service, target))
+    except Exception as exc:  # a cache failure means no copy, not a different error
+        logger.warning("could not read a stale copy: %s", exc)
+        return None
+    if found is None:
+        return None
+    copied_at, headers, body = found
+    age = max(0, int(time.time() - copied_at))
+    if age > settings.STALE_MAX_AGE:
+        return None
+    extra = [("X-Cache", "stale"), ("Age", str(age)), ("Warning", '110 - "Response is Stale"')]
+    return urllib3.HTTPResponse(
+        body=io.BytesIO(body),
+        headers=urllib3.HTTPHeaderDict([*headers, *extra]),
+        status=200,
+        reason="OK",
+        preload_content=False,
+        decode_content=False,
+    )
+
+
+def reset() -> None:
+    """Forget every copy (tests): new keys rather than a cache flush, which would empty a shared Redis."""
+    global _generation
+    with _lock:
+        _next_copy.clear()
+        _generation = f"-{uuid.uuid4().hex}"
