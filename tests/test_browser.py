@@ -87,14 +87,35 @@ def test_the_order_admin_shows_an_order_read_only(
     assert page.query_selector("input[name=total_amount]") is None  # shown, not editable
 
 
-@pytest.mark.parametrize("service", ["users", "orders", "payments"])
-def test_the_api_docs_render_offline(page: Any, system: manage_all.System, service: str) -> None:
+def test_one_swagger_ui_documents_the_public_api_offline(page: Any, system: manage_all.System) -> None:
     gateway = system.url("gateway")
     outside_requests: list[str] = []
     page.on("request", lambda request: outside_requests.append(request.url))
 
+    page.goto(f"{gateway}/api/docs/")
+    page.wait_for_selector(".opblock", timeout=15_000)
+
+    # every service's public paths on one page, the gateway's own overview too, none of the internal ones
+    text = page.inner_text("#swagger-ui")
+    for path in ("/api/v1/users/me/", "/api/v1/orders/", "/api/v1/payments/{payment_id}/", "/api/v2/products/"):
+        assert path in text
+    assert "/api/v1/me/overview" in text
+    assert "/health/" not in text
+    assert page.locator(".opblock.opblock-deprecated").count() >= 1  # /api/v1/products/
+    # the public authentication: a Bearer token, not the internal service assertion
+    page.click("button.authorize")
+    dialog = page.inner_text(".dialog-ux")
+    assert "BearerAuth" in dialog
+    assert "X-Service-Assertion" not in dialog
+    assert [url for url in outside_requests if not url.startswith(gateway)] == []
+    page.screenshot(path=str(system.var_dir / "api-docs.png"), full_page=False)
+
+
+@pytest.mark.parametrize("service", ["users", "orders", "payments"])
+def test_the_old_per_service_docs_lead_to_the_public_page(page: Any, system: manage_all.System, service: str) -> None:
+    gateway = system.url("gateway")
+
     page.goto(f"{gateway}/api/docs/{service}/")
     page.wait_for_selector(".opblock", timeout=15_000)
 
-    assert page.locator(".opblock").count() >= 1
-    assert [url for url in outside_requests if not url.startswith(gateway)] == []
+    assert page.url == f"{gateway}/api/docs/"

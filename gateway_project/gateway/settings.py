@@ -20,8 +20,8 @@ INTERNAL_AUTH_SECRET = envs.secret("INTERNAL_AUTH_SECRET", var=VAR_DIR)
 DEBUG = config("DEBUG", default=False, cast=bool)
 ALLOWED_HOSTS = config("ALLOWED_HOSTS", default="127.0.0.1,localhost,[::1]", cast=Csv())
 CSRF_TRUSTED_ORIGINS = config("CSRF_TRUSTED_ORIGINS", default="", cast=Csv())
-# Clients reach the gateway directly: no proxy in front of it is trusted, so X-Forwarded-* from a client
-# are never believed (and are replaced before forwarding).
+# By default clients reach the gateway directly: no proxy in front of it is trusted, so X-Forwarded-* from
+# a client are never believed (and are replaced before forwarding); see TRUSTED_PROXY_COUNT below.
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -30,6 +30,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
+    "drf_spectacular_sidecar",  # Swagger UI's assets for /api/docs/, served by the gateway itself
     "common",
     "proxy",
 ]
@@ -38,7 +40,9 @@ INSTALLED_APPS = [
 # is csrf_exempt and never touches the session or the user, which therefore cost nothing on that path.
 MIDDLEWARE = [
     "common.request_id.RequestIdMiddleware",
+    "proxy.observability.AccessLogMiddleware",  # outermost after the request id: sees every answer
     "proxy.middleware.PathHygieneMiddleware",
+    "corsheaders.middleware.CorsMiddleware",  # answers preflights itself; CORS_URLS_REGEX limits it to /api/
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -99,7 +103,8 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = config("SECURE_COOKIES", default=en
 APPEND_SLASH = False
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
-# Where each service listens; the route table in proxy/routes.py names these keys.
+# Where each service listens; the route table in proxy/routes.py names these keys. Each value is one base
+# URL or a comma-separated list of a service's instances (proxy/balancer.py balances across them).
 UPSTREAMS = {
     "users": config("USER_SERVICE_URL", default="http://127.0.0.1:8001").rstrip("/"),
     "orders": config("ORDER_SERVICE_URL", default="http://127.0.0.1:8002").rstrip("/"),
@@ -110,18 +115,59 @@ UPSTREAM_READ_TIMEOUT = config("UPSTREAM_READ_TIMEOUT", default=15.0, cast=float
 # Pooled keep-alive connections per upstream; more concurrent calls open extra, short-lived ones.
 UPSTREAM_POOL_SIZE = config("UPSTREAM_POOL_SIZE", default=32, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
+# All request header lines together; a route may set less (proxy/routes.py). Over it: 431.
+MAX_REQUEST_HEADER_BYTES = config("MAX_REQUEST_HEADER_BYTES", default=16 * 1024, cast=int)
 HEALTH_CHECK_TIMEOUT = config("HEALTH_CHECK_TIMEOUT", default=3.0, cast=float)
+# Resilience towards the services (proxy/balancer.py, proxy/breakers.py, proxy/upstream.py; README).
+LOAD_BALANCER_POLICY = config("LOAD_BALANCER_POLICY", default="least_outstanding")
+UPSTREAM_CHECK_INTERVAL = config("UPSTREAM_CHECK_INTERVAL", default=5.0, cast=float)  # 0: no active checks
+UPSTREAM_CHECK_TIMEOUT = config("UPSTREAM_CHECK_TIMEOUT", default=1.0, cast=float)
+UPSTREAM_EJECT_SECONDS = config("UPSTREAM_EJECT_SECONDS", default=10.0, cast=float)
+UPSTREAM_DEADLINE = config("UPSTREAM_DEADLINE", default=20.0, cast=float)
+RETRY_BUDGET_RATIO = config("RETRY_BUDGET_RATIO", default=0.2, cast=float)
+RETRY_BUDGET_MIN = config("RETRY_BUDGET_MIN", default=3, cast=int)
+RETRY_BUDGET_WINDOW = config("RETRY_BUDGET_WINDOW", default=10.0, cast=float)
+BREAKER_FAILURES = config("BREAKER_FAILURES", default=5, cast=int)
+BREAKER_RESET_TIMEOUT = config("BREAKER_RESET_TIMEOUT", default=10.0, cast=float)
+BREAKER_HALF_OPEN_PROBES = config("BREAKER_HALF_OPEN_PROBES", default=1, cast=int)
+BREAKER_SYNC_INTERVAL = config("BREAKER_SYNC_INTERVAL", default=1.0, cast=float)
+# Breaker states are shared through Redis when REDIS_URL is set, else kept per worker process.
+BREAKER_REDIS_URL = config("REDIS_URL", default="")
+BREAKER_REDIS_PREFIX = config("BREAKER_REDIS_PREFIX", default="gateway:breaker")
+STALE_MAX_AGE = config("STALE_MAX_AGE", default=600, cast=int)
+STALE_MAX_BYTES = config("STALE_MAX_BYTES", default=256 * 1024, cast=int)
 
 # Clients' access tokens: EdDSA JWTs issued by the user service, checked against its published keys.
-JWKS_URL = config("JWKS_URL", default=f"{UPSTREAMS['users']}/.well-known/jwks.json")
+JWKS_URL = config("JWKS_URL", default=f"{UPSTREAMS['users'].split(',')[0].strip()}/.well-known/jwks.json")
 JWT_ISSUER = config("JWT_ISSUER", default="shop-users")
 JWT_AUDIENCE = config("JWT_AUDIENCE", default="shop-api")
+# How long fetched keys are trusted before the JWKS is read again: a key the user service stops publishing
+# is refused at most this long after (while the JWKS is reachable; if it is not, the keys we have stay).
+JWKS_CACHE_TTL = config("JWKS_CACHE_TTL", default=60.0, cast=float)  # seconds
+# An unknown kid (a newly rotated key) refetches the JWKS at once, but at most once per this interval, so
+# a flood of made-up kids costs one fetch. The user service's JWT_KEY_ACTIVATION_DELAY stays above it.
+JWKS_MIN_REFRESH_INTERVAL = config("JWKS_MIN_REFRESH_INTERVAL", default=10.0, cast=float)  # seconds
+
+# Rate limits (proxy/ratelimit.py; the policies are in proxy/routes.py). Rates in the `limits` notation:
+# "600/minute", "10 per 5 minutes". Counted in Redis when REDIS_URL is set, else in a SQLite file under
+# VAR_DIR shared by the gateway's worker processes.
+RATE_LIMIT_DEFAULT = config("RATE_LIMIT_DEFAULT", default="600/minute")
+RATE_LIMIT_LOGIN = config("RATE_LIMIT_LOGIN", default="10/minute")
+RATE_LIMIT_REDIS_URL = config("REDIS_URL", default="")
+RATE_LIMIT_KEY_PREFIX = config("RATE_LIMIT_KEY_PREFIX", default="gateway:ratelimit")
+RATE_LIMIT_STORE_TIMEOUT = config("RATE_LIMIT_STORE_TIMEOUT", default=0.25, cast=float)  # seconds
+RATE_LIMIT_STORE_RETRY_AFTER = config("RATE_LIMIT_STORE_RETRY_AFTER", default=5.0, cast=float)
+RATE_LIMIT_SQLITE_PATH = VAR_DIR / "gateway-ratelimit.sqlite3"
+# The client's address is the socket's, unless this many reverse proxies of ours stand in front of the
+# gateway: then it is the right-most X-Forwarded-For hop they did not add (proxy/client_address.py).
+TRUSTED_PROXY_COUNT = config("TRUSTED_PROXY_COUNT", default=0, cast=int)
 
 # The gateway consumes no events yet; the Celery app exists so it can publish or consume later with the
 # same configuration as the services.
 EVENT_HANDLERS: dict[str, str] = {}
 
 CELERY_BROKER_URL = envs.broker_url()
+CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = envs.broker_transport_options(CELERY_BROKER_URL, var=VAR_DIR)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
@@ -136,4 +182,25 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
 CELERY_TASK_QUEUES: list[object] = []
 
+# Protocol hygiene, CORS, metrics, docs (proxy/observability.py, proxy/docs.py; see the README).
+# Browsers may call the API from these origins (scheme://host[:port], comma-separated); none by default.
+CORS_ALLOWED_ORIGINS = config("CORS_ALLOWED_ORIGINS", default="", cast=Csv())
+CORS_URLS_REGEX = r"^/api/(?!docs/|schema/)"
+CORS_ALLOW_CREDENTIALS = False  # the API authenticates with a Bearer token, never with cookies
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "idempotency-key", "x-request-id")
+CORS_EXPOSE_HEADERS = (
+    *("x-request-id", "location", "retry-after", "ratelimit", "ratelimit-policy"),
+    *("deprecation", "sunset", "link"),
+)
+CORS_PREFLIGHT_MAX_AGE = 600
+# /metrics answers only peers in these networks (the socket's address; headers are never believed).
+METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())
+DOCS_SCHEMA_TIMEOUT = config("DOCS_SCHEMA_TIMEOUT", default=3.0, cast=float)  # per service schema fetch
+DOCS_SCHEMA_CACHE_SECONDS = config("DOCS_SCHEMA_CACHE_SECONDS", default=300, cast=int)
+OVERVIEW_CALL_TIMEOUT = config("OVERVIEW_CALL_TIMEOUT", default=2.0, cast=float)  # each call of /me/overview
+
 LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))
+# The access log is one JSON object per line (proxy/observability.py), for machines first.
+LOGGING["formatters"]["json_line"] = {"format": "%(message)s"}
+LOGGING["handlers"]["access"] = {"class": "logging.StreamHandler", "formatter": "json_line"}
+LOGGING["loggers"]["gateway.access"] = {"handlers": ["access"], "level": "INFO", "propagate": False}

@@ -14,7 +14,8 @@ from common.tokens import JwksKeySet, TokenError, verify_token
 # Verifying an EdDSA token costs ~160 µs, a quarter of the gateway's own time per request, and a client
 # sends the same token with every request for its whole lifetime. A token verified recently is taken on
 # its exact text (any changed byte misses) for a short while: long enough to save nearly all of that work,
-# short enough that a key withdrawn from the JWKS stops working about as soon as without the cache.
+# short enough that a key withdrawn from the JWKS stops working as soon as without the cache: never longer
+# than JWKS_CACHE_TTL (see ``bearer_claims``).
 VERIFIED_TOKEN_TTL = 60.0  # seconds
 VERIFIED_TOKEN_CACHE_SIZE = 4096
 
@@ -23,7 +24,9 @@ VERIFIED_TOKEN_CACHE_SIZE = 4096
 def key_set() -> JwksKeySet:
     """The user service's public keys, created on first use (never at import: settings may change in
     tests, and a worker that never sees a token never fetches them)."""
-    return JwksKeySet(settings.JWKS_URL)
+    return JwksKeySet(
+        settings.JWKS_URL, ttl=settings.JWKS_CACHE_TTL, min_refresh_interval=settings.JWKS_MIN_REFRESH_INTERVAL
+    )
 
 
 class VerifiedTokens:
@@ -45,11 +48,12 @@ class VerifiedTokens:
             return None
         return claims
 
-    def put(self, token: str, claims: dict[str, Any]) -> None:
+    def put(self, token: str, claims: dict[str, Any], *, ttl: float | None = None) -> None:
         if len(self._entries) >= self.max_size:
             self._entries.clear()
+        ttl = self.ttl if ttl is None else min(ttl, self.ttl)
         # Never past the token's own expiry: from then on it is verified (and refused) again.
-        self._entries[token] = (min(time.time() + self.ttl, float(claims["exp"])), claims)
+        self._entries[token] = (min(time.time() + ttl, float(claims["exp"])), claims)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -73,5 +77,6 @@ def bearer_claims(authorization: str) -> dict[str, Any]:
             audience=settings.JWT_AUDIENCE,
             token_type="access",  # noqa: S106 (a token type, not a password)
         )
-        verified_tokens.put(token, claims)
+        # No longer than the keys are cached, so a retired key's tokens go when the key does.
+        verified_tokens.put(token, claims, ttl=settings.JWKS_CACHE_TTL)
     return claims

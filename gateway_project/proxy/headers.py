@@ -4,7 +4,7 @@ Towards a service, a client cannot speak for the gateway: anything the services 
 assertion, ``X-Forwarded-*``, ``X-User-*``, ``X-Internal-*``) is dropped and the gateway sets its own; the
 access token never leaves the gateway; hop-by-hop headers, and any header the client named in
 ``Connection``, belong to the client's connection only. Back to the client, the service's hop-by-hop
-headers go, and so do ``Server``/``Date``, which the gateway's own server sets.
+headers go, and so do ``Server``/``Date``, which the gateway's own server sets, and any CORS header.
 """
 
 from __future__ import annotations
@@ -49,7 +49,19 @@ _DROPPED_REQUEST_KEYS = frozenset(
     }
 )
 _DROPPED_REQUEST_PREFIXES = ("HTTP_X_FORWARDED_", "HTTP_X_USER_", "HTTP_X_INTERNAL_")
-_DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {"server", "date"}
+# CORS is the gateway's decision (django-cors-headers, CORS_ALLOWED_ORIGINS): a service's own CORS headers
+# would grant origins the gateway does not.
+_CORS_RESPONSE_HEADERS = frozenset(
+    {
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-allow-methods",
+        "access-control-allow-headers",
+        "access-control-expose-headers",
+        "access-control-max-age",
+    }
+)
+_DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | _CORS_RESPONSE_HEADERS | {"server", "date"}
 
 
 def forwarded_request_headers(environ: Mapping[str, Any], *, own_cookies: Iterable[str]) -> dict[str, str]:

@@ -9,7 +9,6 @@ itself, so no middleware parses the body of a proxied request.
 from __future__ import annotations
 
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,13 +24,13 @@ from common.internal_auth import mint_assertion
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
 from common.tokens import TokenError
-from proxy import upstream
+from proxy import hygiene, ratelimit, upstream
 from proxy.auth import bearer_claims
+from proxy.client_address import client_address
 from proxy.headers import forwarded_request_headers, returned_response_headers
 from proxy.paths import raw_target
 from proxy.routes import Route, match_route
 
-access_logger = logging.getLogger("gateway.access")
 logger = logging.getLogger(__name__)
 
 
@@ -78,36 +77,39 @@ class ProxiedResponse(StreamingHttpResponse):
 
 @csrf_exempt
 def proxy_view(request: HttpRequest) -> HttpResponseBase:
-    started = time.perf_counter()
     target = raw_target(request)
     route = match_route(request.path_info)
     user_id: int | None = None
+    quota: ratelimit.Quota | None = None
     try:
         if route is None:
             raise RouteNotFound()
         if request.method not in route.methods:
             raise MethodNotAllowed(details={"allowed": sorted(route.methods)})
+        hygiene.check_header_size(request.META, route)
         user_id, is_staff = _authenticate(request, route)
+        quota = ratelimit.consume(request, route, user_id=user_id)  # after authentication: keyed by user
+        if quota is not None:
+            quota.enforce()  # 429, or 503 when a fail-closed route cannot count
         response = _forward(request, route, target, user_id=user_id, is_staff=is_staff)
     except ApplicationError as exc:
+        if quota is None and route is not None:
+            # Refused before it was counted (bad token, wrong method): it still counts, by address.
+            quota = ratelimit.consume(request, route, user_id=None)
         response = error_response(exc.status_code, exc.code, exc.message, exc.details)
+        for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
+            response[name] = value
         if isinstance(exc, MethodNotAllowed):
             response["Allow"] = ", ".join(sorted(exc.details["allowed"]))
         elif exc.status_code == 401:
             response["WWW-Authenticate"] = 'Bearer error="invalid_token"' if isinstance(exc, TokenError) else "Bearer"
-    # Never the query string (it may carry secrets), the token or the body. The duration runs until the
-    # service's response headers arrived; the body streams to the client afterwards.
-    access_logger.info(
-        "%s %s service=%s status=%s duration_ms=%.1f user=%s client=%s request_id=%s",
-        request.method,
-        target.partition("?")[0],
-        route.service if route else "-",
-        response.status_code,
-        (time.perf_counter() - started) * 1000,
-        user_id if user_id is not None else "-",
-        request.META.get("REMOTE_ADDR", "-"),
-        get_request_id(),
-    )
+    if quota is not None:
+        quota.annotate(response)
+    if route is not None:
+        hygiene.annotate_version(response, route)
+    # For the access log and the metrics (proxy/observability.py), which see the final response.
+    request.gateway_route = route  # type: ignore[attr-defined]
+    request.gateway_user_id = user_id  # type: ignore[attr-defined]
     return response
 
 
@@ -124,10 +126,9 @@ def _authenticate(request: HttpRequest, route: Route) -> tuple[int | None, bool]
     return None, False
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
-    """At most MAX_REQUEST_BODY_BYTES of the body, straight from the WSGI input. A declared length over
-    the limit is refused unread; a chunked body is read one byte past the limit to tell it is too long."""
-    limit = settings.MAX_REQUEST_BODY_BYTES
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, straight from the WSGI input. A declared length over the
+    limit is refused unread; a chunked body is read one byte past the limit to tell it is too long."""
     declared = environ.get("CONTENT_LENGTH")
     if declared and "HTTP_TRANSFER_ENCODING" in environ:
         # Two framings for one body is how requests are smuggled past a proxy.
@@ -164,11 +165,11 @@ def _forward(
     request: HttpRequest, route: Route, target: str, *, user_id: int | None, is_staff: bool
 ) -> HttpResponseBase:
     environ = request.META
-    body = _read_body(environ)
+    body = _read_body(environ, hygiene.body_limit(route))
     request_id = get_request_id()
     headers = forwarded_request_headers(environ, own_cookies=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME))
     headers[REQUEST_ID_HEADER] = request_id
-    headers["X-Forwarded-For"] = environ.get("REMOTE_ADDR", "")
+    headers["X-Forwarded-For"] = client_address(environ)
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Forwarded-Host"] = request.get_host()
     headers[ASSERTION_HEADER] = mint_assertion(
@@ -188,9 +189,10 @@ def _forward(
         target,
         headers=headers,
         body=body or None,
-        connect_timeout=settings.UPSTREAM_CONNECT_TIMEOUT,
-        read_timeout=settings.UPSTREAM_READ_TIMEOUT,
+        policy=route.upstream,
+        anonymous=user_id is None,
     )
+    request.gateway_upstream = answer.instance  # type: ignore[attr-defined]  # for the access log
     response_headers, set_cookies = returned_response_headers(answer.headers)
     response = ProxiedResponse(
         upstream.UpstreamBody(answer),
@@ -208,7 +210,7 @@ def health_view(request: HttpRequest) -> JsonResponse:
     """The gateway's database and every service's own /health/, checked in parallel."""
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", "This method is not allowed on this path.")
-    upstreams: dict[str, str] = settings.UPSTREAMS
+    upstreams = {name: upstream.health_target(name) for name in settings.UPSTREAMS}  # one instance each
     request_id = get_request_id()  # the executor's threads do not see this request's context
     with ThreadPoolExecutor(max_workers=len(upstreams), thread_name_prefix="health") as executor:
         futures = {
@@ -221,6 +223,9 @@ def health_view(request: HttpRequest) -> JsonResponse:
     if gateway["status"] != "ok":
         down.insert(0, "gateway")
     body: dict[str, Any] = {"status": "unavailable" if down else "ok", "gateway": gateway, "services": services}
+    # Shown, not counted as down: while the store is out, fail-open routes keep serving (proxy/ratelimit.py).
+    body["rate_limit"] = ratelimit.store_health()
+    body["upstreams"] = upstream.upstreams_status()  # breakers and instances, as this worker sees them
     if down:
         body["down"] = down
     response = JsonResponse(body, status=503 if down else 200)

@@ -5,6 +5,7 @@ from common.urls import service_urls
 urlpatterns = [
     path("api/v1/", include("catalog.urls")),
     path("api/v1/", include("orders.urls")),
+    path("api/v2/", include("catalog.urls_v2")),
     *service_urls("orders"),
 ]
 

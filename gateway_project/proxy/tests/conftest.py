@@ -4,6 +4,7 @@ verifies tokens exactly as in production."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.tokens import public_jwk, sign_token
-from proxy import auth, upstream
+from proxy import auth, balancer, breakers, fallback, retries, upstream
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
 from proxy.tests.utils import access_claims
 
@@ -31,6 +32,10 @@ def stubs(signing_key: Ed25519PrivateKey) -> Iterator[dict[str, StubUpstream]]:
 
 
 def _reset_clients() -> None:
+    balancer.reset()
+    breakers.reset()
+    retries.reset()
+    fallback.reset()
     auth.key_set.cache_clear()
     auth.verified_tokens.clear()
     if upstream.pool_manager.cache_info().currsize:
@@ -47,6 +52,8 @@ def gateway_settings(settings: Any, stubs: dict[str, StubUpstream]) -> Iterator[
     settings.JWKS_URL = f"{stubs['users'].url}{JWKS_PATH}"
     settings.UPSTREAM_READ_TIMEOUT = 2.0
     settings.HEALTH_CHECK_TIMEOUT = 1.0
+    settings.BREAKER_REDIS_PREFIX = f"test-breaker-{uuid.uuid4().hex}"  # real mode: no state from other tests
+    settings.RATE_LIMIT_KEY_PREFIX = f"test-{uuid.uuid4().hex}"  # every test starts with full rate-limit quotas
     _reset_clients()
     yield settings
     _reset_clients()

@@ -45,6 +45,18 @@ def _with_jku(key: Ed25519PrivateKey) -> str:
     return jwt.encode(access_claims(), key, algorithm="EdDSA", headers=headers)
 
 
+def _with_x5u(key: Ed25519PrivateKey) -> str:
+    headers = {"kid": public_jwk(key.public_key())["kid"], "x5u": "http://evil.example/cert.pem"}
+    return jwt.encode(access_claims(), key, algorithm="EdDSA", headers=headers)
+
+
+def _tampered_signature(key: Ed25519PrivateKey) -> str:
+    header, payload, signature = sign_token(access_claims(), key).split(".")
+    flipped = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    flipped[0] ^= 1
+    return f"{header}.{payload}.{_b64(bytes(flipped))}"
+
+
 def _tampered(key: Ed25519PrivateKey) -> str:
     header, _, signature = sign_token(access_claims(sub="7"), key).split(".")
     payload = _b64(json.dumps(access_claims(sub="1", staff=True)).encode())
@@ -55,14 +67,20 @@ TOKENS: dict[str, tuple[Callable[[Ed25519PrivateKey], str], str]] = {
     "alg none": (_alg_none, "invalid_algorithm"),
     "HS256 signed with the public key": (_hs256_with_public_key, "invalid_algorithm"),
     "expired": (lambda key: sign_token(access_claims(exp=int(time.time()) - 60), key), "token_expired"),
-    "missing exp": (lambda key: sign_token(access_claims(exp=None), key), "invalid_token"),
-    "missing sub": (lambda key: sign_token(access_claims(sub=None), key), "invalid_token"),
-    "wrong audience": (lambda key: sign_token(access_claims(aud="another-api"), key), "invalid_token"),
-    "wrong issuer": (lambda key: sign_token(access_claims(iss="someone-else"), key), "invalid_token"),
+    "missing exp": (lambda key: sign_token(access_claims(exp=None), key), "missing_claim"),
+    "missing sub": (lambda key: sign_token(access_claims(sub=None), key), "missing_claim"),
+    "wrong audience": (lambda key: sign_token(access_claims(aud="another-api"), key), "invalid_audience"),
+    "wrong issuer": (lambda key: sign_token(access_claims(iss="someone-else"), key), "invalid_issuer"),
     "unknown key": (lambda key: sign_token(access_claims(), Ed25519PrivateKey.generate()), "unknown_key"),
-    "jku header": (_with_jku, "invalid_token"),
-    "tampered payload": (_tampered, "invalid_token"),
+    "jku header": (_with_jku, "forbidden_header"),
+    "x5u header": (_with_x5u, "forbidden_header"),
+    "tampered payload": (_tampered, "invalid_signature"),
+    "tampered signature": (_tampered_signature, "invalid_signature"),
     "garbage": (lambda key: "not.a.jwt", "malformed_token"),
+    "header not JSON": (
+        lambda key: f"{_b64(b'{alg')}.{sign_token(access_claims(), key).split('.', 1)[1]}",
+        "malformed_token",
+    ),
     "refresh token": (lambda key: sign_token(access_claims(typ="refresh"), key), "wrong_token_type"),
 }
 
@@ -156,3 +174,59 @@ def test_the_cache_never_grows_past_its_bound() -> None:
 
     assert len(cache._entries) <= 3
     assert cache.get("token-9") is not None
+
+
+def test_a_key_newly_published_by_the_user_service_is_accepted_without_a_restart(
+    client: Client,
+    users: StubUpstream,
+    signing_key: Ed25519PrivateKey,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a gateway that has fetched the keys, and then a rotation at the user service (which publishes a
+    # key longer than the minimum refresh interval before signing with it: JWT_KEY_ACTIVATION_DELAY)
+    settings.JWKS_MIN_REFRESH_INTERVAL = 0.2
+    key_set.cache_clear()
+    assert (
+        client.get(
+            "/api/v1/orders/", headers={"Authorization": f"Bearer {sign_token(access_claims(), signing_key)}"}
+        ).status_code
+        == 200
+    )
+    rotated = Ed25519PrivateKey.generate()
+    monkeypatch.setattr(
+        users, "jwks", {"keys": [public_jwk(rotated.public_key()), public_jwk(signing_key.public_key())]}
+    )
+
+    time.sleep(0.3)
+
+    # when a token signed with the new key arrives
+    response = client.get(
+        "/api/v1/orders/", headers={"Authorization": f"Bearer {sign_token(access_claims(), rotated)}"}
+    )
+
+    # then its unknown kid made the gateway fetch the keys again
+    assert response.status_code == 200
+    assert users.jwks_fetches == 2
+
+
+def test_a_key_the_user_service_stopped_publishing_is_refused_once_the_cache_lapses(
+    client: Client, users: StubUpstream, signing_key: Ed25519PrivateKey, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a short key cache, and a token the gateway has accepted (and so cached)
+    settings.JWKS_CACHE_TTL = 0.5
+    settings.JWKS_MIN_REFRESH_INTERVAL = 0.1
+    key_set.cache_clear()
+    headers = {"Authorization": f"Bearer {sign_token(access_claims(), signing_key)}"}
+    assert client.get("/api/v1/orders/", headers=headers).status_code == 200
+
+    # when the key is retired at the user service
+    monkeypatch.setattr(users, "jwks", {"keys": [public_jwk(Ed25519PrivateKey.generate().public_key())]})
+    still = client.get("/api/v1/orders/", headers=headers)
+    time.sleep(0.6)
+    after = client.get("/api/v1/orders/", headers=headers)
+
+    # then the same token stops working once the TTL has passed
+    assert still.status_code == 200
+    assert after.status_code == 401
+    assert json_of(after)["error"]["code"] == "unknown_key"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -38,8 +39,7 @@ def nothing_forwarded(stubs: dict[str, StubUpstream]) -> bool:
         ("get", "/api/v1/payments/", "payments"),
         ("get", "/admin/payments/", "payments"),
         ("get", "/static/orders/admin/css/base.css", "orders"),
-        ("get", "/api/docs/users/", "users"),
-        ("get", "/api/schema/payments/", "payments"),
+        ("get", "/api/v2/products/?cursor=abc", "orders"),
     ],
 )
 def test_requests_reach_the_service_that_owns_the_path(
@@ -485,23 +485,27 @@ def test_an_unsafe_request_is_not_retried_when_the_exchange_breaks(
 def test_each_proxied_request_logs_one_access_line_without_secrets(
     client: Client, orders: StubUpstream, bearer: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    # given (the access logger writes its JSON lines itself and does not propagate to the root logger)
+    access = logging.getLogger("gateway.access")
+    access.addHandler(caplog.handler)
+
     # when
-    with caplog.at_level(logging.INFO, logger="gateway.access"):
-        client.get("/api/v1/orders/5/?coupon=SECRET", headers={**bearer, "X-Request-ID": "client-id-0003"})
+    try:
+        response = client.get("/api/v1/orders/5/?coupon=SECRET", headers={**bearer, "X-Request-ID": "client-id-0003"})
+        body = body_of(response)
+    finally:
+        access.removeHandler(caplog.handler)
 
     # then
     lines = [record.getMessage() for record in caplog.records if record.name == "gateway.access"]
     assert len(lines) == 1
     line = lines[0]
-    for part in (
-        "GET /api/v1/orders/5/ ",
-        "service=orders",
-        "status=200",
-        "user=7",
-        "client=127.0.0.1",
-        "request_id=client-id-0003",
-        "duration_ms=",
-    ):
-        assert part in line
+    entry = json.loads(line)
+    assert entry["request_id"] == "client-id-0003"
+    assert (entry["method"], entry["route"], entry["status"]) == ("GET", "/api/v1/orders/", 200)
+    assert (entry["service"], entry["upstream"]) == ("orders", orders.url)
+    assert (entry["user_id"], entry["client"], entry["bytes"]) == (7, "127.0.0.1", len(body))
+    assert entry["duration_ms"] >= 0
     assert "SECRET" not in line
+    assert "/5/" not in line
     assert bearer["Authorization"].split()[1] not in line
