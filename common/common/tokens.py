@@ -71,7 +71,7 @@ def verify_token(
     if header.get("alg") != ALGORITHM:
         raise TokenError("The token's algorithm is not accepted.", code="invalid_algorithm")
     if any(param in header for param in _FORBIDDEN_HEADER_PARAMS):
-        raise TokenError("The token names an external key, which is not accepted.", code="invalid_token")
+        raise TokenError("The token names an external key, which is not accepted.", code="forbidden_header")
     kid = header.get("kid")
     key = key_for_kid(kid) if isinstance(kid, str) else None
     if key is None:
@@ -88,6 +88,17 @@ def verify_token(
         )
     except jwt.ExpiredSignatureError as exc:
         raise TokenError("The token has expired.", code="token_expired") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(f"The token has no '{exc.claim}' claim.", code="missing_claim") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise TokenError("The token is meant for another audience.", code="invalid_audience") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise TokenError("The token is from another issuer.", code="invalid_issuer") from exc
+    except jwt.InvalidSignatureError as exc:
+        # A changed header, payload or signature: the signature no longer matches.
+        raise TokenError("The token's signature does not verify.", code="invalid_signature") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise TokenError("The token is not valid yet.", code="token_not_yet_valid") from exc
     except jwt.InvalidTokenError as exc:
         raise TokenError("The token is invalid.", code="invalid_token") from exc
     if claims.get("typ") != token_type:

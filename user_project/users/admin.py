@@ -6,7 +6,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from users.models import RefreshToken, User
+from users.models import RefreshToken, SigningKey, User
 from users.services import refresh_token_revoke
 
 
@@ -65,12 +65,13 @@ class UserAdmin(DjangoUserAdmin):
 class RefreshTokenAdmin(admin.ModelAdmin):
     """Issued refresh tokens, read-only: a token's row must match the JWT handed out. Revoke with the action."""
 
-    list_display = ("jti", "user", "family", "created_at", "expires_at", "revoked_at")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "created_at", "expires_at")
+    list_display = ("id", "user", "family", "created_at", "expires_at", "rotated_at", "revoked_at", "revoked_reason")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "revoked_reason", "created_at", "expires_at")
     search_fields = ("user__email",)
     ordering = ("-created_at",)
     list_select_related = ("user",)
-    fields = ("jti", "user", "family", "created_at", "expires_at", "revoked_at")
+    # The token itself is never stored, only its hash, which is of no use to anyone reading this page.
+    fields = ("user", "family", "created_at", "expires_at", "rotated_at", "revoked_at", "revoked_reason")
     readonly_fields = fields
     actions = ("revoke",)
 
@@ -82,5 +83,24 @@ class RefreshTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected refresh tokens", permissions=("delete",))
     def revoke(self, request: HttpRequest, queryset: QuerySet[RefreshToken]) -> None:
-        count = refresh_token_revoke(tokens=queryset)
+        count = refresh_token_revoke(tokens=queryset, reason=RefreshToken.RevokedReason.ADMIN)
         self.message_user(request, f"Revoked {count} refresh token(s).", messages.SUCCESS)
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    """The token signing keys, read-only: rotate and retire them with ``manage.py signing_keys``."""
+
+    list_display = ("kid", "activated_at", "retired_at", "created_at")
+    ordering = ("-activated_at",)
+    fields = ("kid", "public_key", "created_at", "activated_at", "retired_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SigningKey | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: SigningKey | None = None) -> bool:
+        return False

@@ -1,3 +1,5 @@
+from rest_framework.exceptions import Throttled
+
 from common.errors import ApplicationError, Conflict
 
 
@@ -20,3 +22,19 @@ class InvalidCredentials(ApplicationError):
     status_code = 401
     code = "invalid_credentials"
     message = "The email or password is incorrect."
+
+
+class TooManyAttempts(Throttled):
+    """Too many failed sign-ins for one account. A DRF ``Throttled``, so the response carries
+    ``Retry-After``; the code says which limit was hit (``rate_limited`` is the per-address one)."""
+
+    default_code = "too_many_attempts"
+    default_detail = "Too many failed sign-in attempts for this account."
+
+
+class RefreshTokenError(ApplicationError):
+    """A refresh token we will not honour; the code says why (see ``users.services.auth_token_refresh``)."""
+
+    status_code = 401
+    code = "invalid_token"
+    message = "The refresh token is invalid."

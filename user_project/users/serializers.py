@@ -36,7 +36,7 @@ class TokenObtainInputSerializer(serializers.Serializer):
 
 
 class TokenRefreshInputSerializer(serializers.Serializer):
-    refresh = serializers.CharField(write_only=True, max_length=4096)
+    refresh = serializers.CharField(write_only=True, max_length=256)
 
 
 class AccessTokenOutputSerializer(serializers.Serializer):
@@ -46,7 +46,7 @@ class AccessTokenOutputSerializer(serializers.Serializer):
 
 
 class TokenPairOutputSerializer(AccessTokenOutputSerializer):
-    refresh = serializers.CharField()
+    refresh = serializers.CharField(help_text="Opaque; works once, at /api/v1/auth/refresh.")
 
 
 class JwkSerializer(serializers.Serializer):

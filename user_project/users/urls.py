@@ -8,4 +8,5 @@ urlpatterns = [
     path("users/<int:user_id>/", views.UserDetailApi.as_view(), name="user-detail"),
     path("auth/token", views.TokenObtainApi.as_view(), name="auth-token"),
     path("auth/refresh", views.TokenRefreshApi.as_view(), name="auth-refresh"),
+    path("auth/logout", views.LogoutApi.as_view(), name="auth-logout"),
 ]

@@ -10,10 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from users.keys import current_jwk
+from users.keys import published_jwks
 from users.selectors import user_get_active, user_get_visible
 from users.serializers import (
-    AccessTokenOutputSerializer,
     ErrorSerializer,
     JwksSerializer,
     TokenObtainInputSerializer,
@@ -22,10 +21,12 @@ from users.serializers import (
     UserCreateInputSerializer,
     UserOutputSerializer,
 )
-from users.services import auth_token_obtain, auth_token_refresh, user_create
+from users.services import auth_logout, auth_token_obtain, auth_token_refresh, user_create
 from users.throttling import ScopedSettingsRateThrottle
 
-JWKS_MAX_AGE_SECONDS = 300
+# Verifiers that honour Cache-Control (the gateway has its own JWKS_CACHE_TTL) see a retired key go within
+# a minute; the gateway's default TTL is the same.
+JWKS_MAX_AGE_SECONDS = 60
 
 
 def _error(description: str) -> OpenApiResponse:
@@ -91,7 +92,10 @@ class TokenObtainApi(APIView):
             200: TokenPairOutputSerializer,
             400: _error("Invalid fields (validation_error)."),
             401: _error("Wrong email or password, or inactive account (invalid_credentials)."),
-            429: _error("Too many attempts (rate_limited); see Retry-After."),
+            429: _error(
+                "Too many attempts from this address (rate_limited) or failed ones for this account "
+                "(too_many_attempts); see Retry-After."
+            ),
         },
     )
     def post(self, request: Request) -> Response:
@@ -106,19 +110,46 @@ class TokenRefreshApi(APIView):
 
     @extend_schema(
         operation_id="auth_refresh",
-        summary="A new access token for a refresh token",
+        summary="Spend a refresh token for a new access token and the next refresh token",
+        description=(
+            "A refresh token works once: the response carries its successor. Presenting a spent one again "
+            "revokes every token of its sign-in (token_reused)."
+        ),
         request=TokenRefreshInputSerializer,
         responses={
-            200: AccessTokenOutputSerializer,
+            200: TokenPairOutputSerializer,
             400: _error("Invalid fields (validation_error)."),
-            401: _error("Invalid, expired or revoked refresh token (invalid_token, token_expired, token_revoked...)."),
+            401: _error(
+                "Unknown (invalid_token), expired (token_expired), revoked (token_revoked) or already used "
+                "(token_reused) refresh token."
+            ),
         },
     )
     def post(self, request: Request) -> Response:
         serializer = TokenRefreshInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         tokens = auth_token_refresh(**serializer.validated_data)
-        return Response(AccessTokenOutputSerializer(asdict(tokens)).data)
+        return Response(TokenPairOutputSerializer(asdict(tokens)).data)
+
+
+class LogoutApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="auth_logout",
+        summary="Sign out: revoke a refresh token and every token of its sign-in",
+        description=(
+            "204 whether or not the token was still live. Access tokens already issued expire on their own "
+            "within minutes."
+        ),
+        request=TokenRefreshInputSerializer,
+        responses={204: None, 400: _error("Invalid fields (validation_error).")},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = TokenRefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        auth_logout(**serializer.validated_data)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class JwksApi(APIView):
@@ -129,6 +160,6 @@ class JwksApi(APIView):
 
     @extend_schema(operation_id="jwks", summary="JSON Web Key Set", auth=[], responses={200: JwksSerializer})
     def get(self, request: Request) -> Response:
-        response = Response({"keys": [current_jwk()]})
+        response = Response({"keys": published_jwks()})
         patch_cache_control(response, public=True, max_age=JWKS_MAX_AGE_SECONDS)
         return response

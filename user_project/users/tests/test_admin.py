@@ -4,7 +4,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from users.models import RefreshToken, User
+from users.models import RefreshToken, SigningKey, User
 from users.services import auth_token_obtain
 from users.tests.factories import PASSWORD, UserFactory
 
@@ -99,3 +99,18 @@ def test_refresh_token_admin_action_revokes(admin_client: Client, refresh_token:
     assert response.status_code == 302
     refresh_token.refresh_from_db()
     assert refresh_token.revoked_at is not None
+
+
+def test_signing_keys_are_listed_read_only_without_their_private_half(
+    admin_client: Client, refresh_token: RefreshToken
+) -> None:
+    key = SigningKey.objects.get()
+
+    listing = admin_client.get(reverse("admin:users_signingkey_changelist"))
+    page = admin_client.get(reverse("admin:users_signingkey_change", args=[key.pk]))
+
+    assert listing.status_code == 200
+    assert key.kid.encode() in listing.content
+    assert page.status_code == 200
+    assert b"PRIVATE KEY" not in page.content
+    assert admin_client.get(reverse("admin:users_signingkey_add")).status_code == 403

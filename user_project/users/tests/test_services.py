@@ -1,6 +1,7 @@
 import pytest
 from django.utils import timezone
 
+from messaging.models import OutboxEvent
 from users.errors import EmailTaken, InvalidCredentials, PasswordRejected
 from users.models import RefreshToken
 from users.services import auth_token_obtain, refresh_token_revoke, user_create
@@ -9,12 +10,23 @@ from users.tests.factories import PASSWORD, UserFactory
 pytestmark = pytest.mark.django_db
 
 
-def test_user_create_announces_user_created_only_on_commit(django_capture_on_commit_callbacks: object) -> None:
-    with django_capture_on_commit_callbacks() as callbacks:  # type: ignore[operator]
-        user = user_create(email="New@Example.com", name="New", password="plum-orbit-7-lantern")
+def test_user_create_records_user_created_in_the_outbox_with_the_account() -> None:
+    user = user_create(email="New@Example.com", name="New", password="plum-orbit-7-lantern")
 
     assert user.email == "new@example.com"
-    assert len(callbacks) == 1
+    event = OutboxEvent.objects.get()
+    assert (event.type, event.aggregate_id, event.sent_at) == ("user.created", str(user.id), None)
+    assert event.data == {"user_id": user.id, "email": "new@example.com", "name": "New"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_user_create_that_fails_records_no_event() -> None:
+    UserFactory(email="ann@example.com")
+
+    with pytest.raises(EmailTaken):
+        user_create(email="ann@example.com", name="Ann", password="plum-orbit-7-lantern")
+
+    assert not OutboxEvent.objects.exists()
 
 
 def test_user_create_rejects_taken_email() -> None:
@@ -58,7 +70,8 @@ def test_revoking_skips_tokens_already_revoked() -> None:
     earlier = timezone.now() - timezone.timedelta(days=1)
     RefreshToken.objects.filter(pk=RefreshToken.objects.first().pk).update(revoked_at=earlier)
 
-    revoked = refresh_token_revoke(tokens=RefreshToken.objects.all())
+    revoked = refresh_token_revoke(tokens=RefreshToken.objects.all(), reason=RefreshToken.RevokedReason.ADMIN)
 
     assert revoked == 1
     assert RefreshToken.objects.filter(revoked_at=earlier).count() == 1
+    assert RefreshToken.objects.filter(revoked_reason="admin").count() == 1
