@@ -11,6 +11,20 @@ from common.testing import EventBroker
 from user_service.celery import app as celery_app
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # SQLite: a test database in a file, as the service runs, rather than Django's shared in-memory one,
+    # whose table locks fail at once ("database table is locked") where a file's lock waits (timeout): the
+    # worker tests write from the worker's thread and the test's (the outbox relay) at the same time.
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test_users.sqlite3")
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
     # The production hasher takes a good fraction of a second per password on purpose; tests hash hundreds.

@@ -12,6 +12,10 @@ from health_check.exceptions import ServiceUnavailable
 from health_check.views import HealthCheckView
 from kombu import Connection
 
+from common.dead_letters import dead_letter_count
+from common.events import has_outbox
+from common.outbox import outbox_stats
+
 
 @dataclasses.dataclass
 class Broker(HealthCheck):
@@ -23,6 +27,7 @@ class Broker(HealthCheck):
         try:
             with Connection(
                 settings.CELERY_BROKER_URL,
+                transport=getattr(settings, "CELERY_BROKER_TRANSPORT", None),
                 transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
                 connect_timeout=self.timeout.total_seconds(),
             ) as connection:
@@ -33,16 +38,66 @@ class Broker(HealthCheck):
             raise ServiceUnavailable("Broker unreachable") from exc
 
 
+@dataclasses.dataclass
+class Outbox(HealthCheck):
+    """Events recorded but not yet sent: their count and the age of the oldest. Fails when the oldest has
+    waited longer than ``OUTBOX_MAX_LAG_SECONDS`` (the relay is down or the broker has been for a while)."""
+
+    stats: dict[str, object] = dataclasses.field(default_factory=dict, repr=False)
+
+    def run(self) -> None:
+        if not has_outbox():
+            return
+        stats = outbox_stats()
+        self.stats = {"outbox": stats.as_dict()}
+        max_lag = float(getattr(settings, "OUTBOX_MAX_LAG_SECONDS", 300))
+        if stats.oldest_pending_seconds is not None and stats.oldest_pending_seconds > max_lag:
+            raise ServiceUnavailable(f"Outbox lagging: oldest pending event {stats.oldest_pending_seconds:.0f}s old")
+
+
+@dataclasses.dataclass
+class DeadLetters(HealthCheck):
+    """How many events wait in each consumer queue's dead-letter queue. Never fails: a dead letter needs a
+    person, not a restart; the count is there for monitors and the admin."""
+
+    timeout: datetime.timedelta = dataclasses.field(default=datetime.timedelta(seconds=3), repr=False)
+    stats: dict[str, object] = dataclasses.field(default_factory=dict, repr=False)
+
+    def run(self) -> None:
+        queues = [queue.name for queue in getattr(settings, "CELERY_TASK_QUEUES", None) or ()]
+        if not queues:
+            return
+        counts: dict[str, int | None] = {}
+        try:
+            with Connection(
+                settings.CELERY_BROKER_URL,
+                transport=getattr(settings, "CELERY_BROKER_TRANSPORT", None),
+                transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+                connect_timeout=self.timeout.total_seconds(),
+            ) as connection:
+                connection.ensure_connection(max_retries=1, interval_start=0, timeout=self.timeout.total_seconds())
+                for queue in queues:
+                    counts[queue] = dead_letter_count(queue, connection)
+        except Exception:  # the broker check reports an unreachable broker; here the count is just unknown
+            counts = dict.fromkeys(queues)
+        self.stats = {"dead_letters": counts}
+
+
 class ServiceHealthView(HealthCheckView):
     """django-health-check's view, with JSON keyed by plain check names (``database``, ``cache``,
     ``broker``) rather than the checks' Python reprs, so monitors and the gateway's /health can rely on
-    them."""
+    them. Checks that measure something (the outbox, dead letters) add their figures under ``events``."""
 
     def render_to_response_json(self, status: int) -> JsonResponse:
-        return JsonResponse(
-            {_check_name(result.check): "ok" if result.error is None else str(result.error) for result in self.results},
-            status=status,
-        )
+        body: dict[str, object] = {
+            _check_name(result.check): "ok" if result.error is None else str(result.error) for result in self.results
+        }
+        figures: dict[str, object] = {}
+        for result in self.results:
+            figures.update(getattr(result.check, "stats", None) or {})
+        if figures:
+            body["events"] = figures
+        return JsonResponse(body, status=status)
 
 
 def _check_name(check: HealthCheck) -> str:
@@ -55,4 +110,6 @@ SERVICE_CHECKS = (
     "health_check.checks.Database",
     "health_check.checks.Cache",
     "common.health.Broker",
+    "common.health.Outbox",
+    "common.health.DeadLetters",
 )

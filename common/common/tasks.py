@@ -1,4 +1,17 @@
-"""The task every consuming service's worker runs for an incoming event (see :mod:`common.events`)."""
+"""The task every consuming service's worker runs for an incoming event (see :mod:`common.events`).
+
+Each event is handled through the inbox (:mod:`common.inbox`): at most one effect per event id. A handler
+that raises is retried from this service's own queue after an exponential backoff
+(``EVENT_RETRY_BACKOFF`` * 2^(attempt-1), at most ``EVENT_RETRY_BACKOFF_MAX`` seconds); the attempt that
+makes ``EVENT_MAX_ATTEMPTS`` goes to the queue's dead-letter queue (:mod:`common.dead_letters`) instead,
+where a person can look at it and re-drive it after a fix. Every exception counts, not only transient
+ones: a bug fixed and deployed within the backoff window heals itself, and a poison event costs N tries
+at most.
+
+Known limit: a message whose handling kills the worker process (or overruns the hard time limit) is
+redelivered by the broker with the same attempt count, so it is tried again rather than counted; RabbitMQ
+quorum queues' ``x-delivery-limit`` would bound that, at the price of queue arguments (see dead_letters).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +19,36 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from django.conf import settings
-from django.db import OperationalError
 from django.utils.module_loading import import_string
 
+from common.dead_letters import dead_letter_send
 from common.events import HANDLE_TASK_NAME, Event, own_event_queue_name
+from common.inbox import handle_once
 from common.request_id import current_or_new_request_id, reset_request_id, set_request_id
 
 logger = logging.getLogger(__name__)
 
-# Failures worth another attempt: the database or the mail server briefly unreachable (smtplib's and
-# socket errors are OSErrors). Anything else is a bug, and retrying would only repeat it.
-TRANSIENT_ERRORS = (OSError, OperationalError)
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_BACKOFF = 1.0
+DEFAULT_RETRY_BACKOFF_MAX = 60.0
 
 
-@shared_task(name=HANDLE_TASK_NAME, bind=True, acks_late=True, max_retries=5)
+def max_attempts() -> int:
+    return max(int(getattr(settings, "EVENT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)), 1)
+
+
+def retry_countdown(attempt: int) -> float:
+    """Seconds before the retry that follows failed attempt number ``attempt`` (1-based)."""
+    base = float(getattr(settings, "EVENT_RETRY_BACKOFF", DEFAULT_RETRY_BACKOFF))
+    ceiling = float(getattr(settings, "EVENT_RETRY_BACKOFF_MAX", DEFAULT_RETRY_BACKOFF_MAX))
+    return min(base * 2 ** (attempt - 1), ceiling)
+
+
+# max_retries=None: the attempt count is ours (EVENT_MAX_ATTEMPTS), and what happens at the end is a dead
+# letter, not Celery's MaxRetriesExceededError.
+@shared_task(name=HANDLE_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def handle_event(self: Any, event: dict[str, Any]) -> None:
     handler_path = settings.EVENT_HANDLERS.get(event.get("type"))
     if handler_path is None:
@@ -29,16 +57,28 @@ def handle_event(self: Any, event: dict[str, Any]) -> None:
     parsed = Event.from_message(event)
     token = set_request_id(parsed.request_id or current_or_new_request_id())
     try:
-        import_string(handler_path)(parsed)
-    except TRANSIENT_ERRORS as exc:
+        handle_once(parsed, import_string(handler_path))
+    except Exception as exc:
+        attempt = self.request.retries + 1
+        queue = own_event_queue_name()
+        if attempt >= max_attempts():
+            try:
+                dead_letter_send(queue=queue, event=event, attempts=attempt, error=repr(exc))
+            except Exception as publish_error:
+                # Not confirmed: give the message back to the broker rather than acknowledge it into nothing.
+                logger.exception("could not dead-letter event %s; requeued", parsed.id)
+                raise Reject(publish_error, requeue=True) from exc
+            raise  # recorded as FAILURE; acks_late acknowledges a failed task, and its dead letter is safe
+        logger.warning(
+            "event %s %s failed (attempt %s of %s): %r", parsed.type, parsed.id, attempt, max_attempts(), exc
+        )
         # Back onto this service's own queue through the default exchange: Celery's default retry would
         # re-publish to the topic exchange and hand the event to every other subscriber again. ``queue``
         # too: without it Celery's router fills in task_default_queue, and a direct default queue makes it
         # replace our routing key with that queue's name (e.g. users.tasks), which no worker consumes.
-        queue = own_event_queue_name()
         raise self.retry(
             exc=exc,
-            countdown=min(2**self.request.retries, 60),
+            countdown=retry_countdown(attempt),
             queue=queue,
             exchange="",
             routing_key=queue,

@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "rest_framework",
     "common",
+    "tests.eventstore",
 ]
 
 MIDDLEWARE = [
@@ -42,6 +43,14 @@ EVENT_HANDLERS = {
     "thing.failed": "tests.handlers.fail_transiently",
     "thing.broken": "tests.handlers.fail_permanently",
 }
+
+OUTBOX_MODEL = "eventstore.OutboxEvent"
+INBOX_MODEL = "eventstore.InboxEvent"
+EVENT_MAX_ATTEMPTS = 3
+EVENT_RETRY_BACKOFF = 0.01
+EVENT_RETRY_BACKOFF_MAX = 0.05
+OUTBOX_RETRY_BACKOFF = 1.0
+OUTBOX_RETRY_BACKOFF_MAX = 8.0
 
 # An in-memory broker unless a test switches to a private filesystem broker (the ``event_broker`` fixture,
 # common.testing.EventBroker): nothing a test publishes can reach the development broker or a RabbitMQ.

@@ -9,11 +9,26 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from django.db import transaction
 from kombu import Queue, binding
 
-from common.events import EVENTS_EXCHANGE, HANDLE_TASK_NAME, Event, event_queue, own_event_queue_name, publish_event
+from common.events import (
+    EVENTS_EXCHANGE,
+    HANDLE_TASK_NAME,
+    Event,
+    OutsideTransaction,
+    dead_letter_queue,
+    event_queue,
+    own_event_queue_name,
+    publish_event,
+)
 from common.request_id import reset_request_id, set_request_id
 from common.testing import EventBroker
+from tests.eventstore.models import OutboxEvent
+
+# Inside the test's transaction, as publish_event requires; the drain functions relay the outbox.
+pytestmark = pytest.mark.django_db
 
 
 def probe_queue(broker: EventBroker, routing_key: str) -> Queue:
@@ -32,6 +47,8 @@ def test_published_event_is_a_persistent_handle_task_on_the_events_exchange(even
     queue = probe_queue(event_broker, "order.confirmed")
 
     event = publish_event("order.confirmed", {"order_id": 3, "total": "19.99"})
+    assert next_message(event_broker, queue) is None  # only in the outbox until the relay runs
+    event_broker.relay()
 
     message = next_message(event_broker, queue)
     assert message is not None
@@ -50,7 +67,7 @@ def test_published_event_envelope(event_broker: EventBroker) -> None:
     drain = event_broker.subscribe("order.*")
     token = set_request_id("req-12345678")
     try:
-        returned = publish_event("order.confirmed", {"order_id": 3}, version=2)
+        returned = publish_event("order.confirmed", {"order_id": 3}, version=2, aggregate_id=3)
     finally:
         reset_request_id(token)
 
@@ -64,6 +81,8 @@ def test_published_event_envelope(event_broker: EventBroker) -> None:
     assert envelope["source"] == "test"  # the publishing service's SERVICE_NAME
     assert envelope["request_id"] == "req-12345678"
     assert envelope["data"] == {"order_id": 3}
+    assert envelope["aggregate_id"] == "3"
+    assert envelope["trace_context"] == {}  # filled once OpenTelemetry is installed
     occurred_at = datetime.fromisoformat(envelope["occurred_at"])
     assert occurred_at.tzinfo is not None
     assert abs((datetime.now(UTC) - occurred_at).total_seconds()) < 60
@@ -118,4 +137,51 @@ def test_event_from_a_minimal_message_takes_the_defaults() -> None:
 
     assert Event.from_message(message) == Event(
         type="user.created", data={}, version=1, source="", id="e1", occurred_at="2025-01-01T00:00:00+00:00"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishing_outside_a_transaction_is_refused_and_records_nothing() -> None:
+    with pytest.raises(OutsideTransaction, match="inside the transaction"):
+        publish_event("order.confirmed", {"order_id": 3})
+
+    assert not OutboxEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_event_is_written_in_the_transaction_of_the_change(event_broker: EventBroker) -> None:
+    drain = event_broker.subscribe("order.*")
+
+    with transaction.atomic():
+        event = publish_event("order.confirmed", {"order_id": 3})
+        row = OutboxEvent.objects.get()
+        assert (str(row.id), row.sent_at) == (event.id, None)
+
+    assert [published.event["id"] for published in drain()] == [event.id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_transaction_leaves_no_outbox_row_and_publishes_nothing(event_broker: EventBroker) -> None:
+    drain = event_broker.subscribe("#")
+
+    def change_that_fails() -> None:
+        with transaction.atomic():
+            publish_event("order.confirmed", {"order_id": 3})
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError, match="the change failed"):
+        change_that_fails()
+
+    assert not OutboxEvent.objects.exists()
+    assert drain() == []
+
+
+def test_dead_letter_queue_is_durable_and_reached_by_name_through_the_default_exchange() -> None:
+    queue = dead_letter_queue("users.events")
+
+    assert (queue.name, queue.routing_key, queue.exchange.name, queue.durable) == (
+        "users.events.dead",
+        "users.events.dead",
+        "",
+        True,
     )

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "common",
     "users",
     "notifications",
+    "messaging",
 ]
 
 MIDDLEWARE = [
@@ -114,8 +115,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_THROTTLE_RATES": {
-        "login": config("LOGIN_RATE", default="10/min"),
+        "login": config("LOGIN_RATE", default="10/min"),  # sign-in attempts per client address
     },
+    # The gateway is the one proxy in front of the service: the right-most X-Forwarded-For entry is its.
+    "NUM_PROXIES": 1,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "User service",
@@ -128,14 +131,25 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Tokens: EdDSA (Ed25519) JWTs. The private key is a PEM in JWT_PRIVATE_KEY; in development one is
-# generated under var/secrets/users/ on first start.
+# generated under var/secrets/users/ on first start. `manage.py signing_keys` rotates to keys kept in the
+# database (see users/keys.py).
 JWT_PRIVATE_KEY = envs.secret(
     "JWT_PRIVATE_KEY", var=VAR_DIR, scope=SERVICE_NAME, generate=envs.new_ed25519_private_key_pem
 )
 JWT_ISSUER = config("JWT_ISSUER", default="shop-users")
 JWT_AUDIENCE = config("JWT_AUDIENCE", default="shop-api")
-JWT_ACCESS_TOKEN_LIFETIME = config("JWT_ACCESS_TOKEN_LIFETIME", default=600, cast=int)  # seconds
+# Short-lived: the gateway verifies access tokens without asking us, so one stays usable until it expires,
+# sign-out and reuse revocation included.
+JWT_ACCESS_TOKEN_LIFETIME = config("JWT_ACCESS_TOKEN_LIFETIME", default=300, cast=int)  # seconds
+# Each refresh token lives this long from its issue; rotation hands out a new one on every refresh.
 JWT_REFRESH_TOKEN_LIFETIME = config("JWT_REFRESH_TOKEN_LIFETIME", default=14 * 24 * 3600, cast=int)
+# A rotated-in key is published at once but signs only after this delay, so every verifier can learn it
+# first: keep it above the gateway's JWKS_MIN_REFRESH_INTERVAL.
+JWT_KEY_ACTIVATION_DELAY = config("JWT_KEY_ACTIVATION_DELAY", default=15, cast=int)  # seconds
+# Per account: this many failed sign-ins within the window (from the first failure) lock the account's
+# sign-in until the window ends; see users/throttling.py.
+LOGIN_FAILURE_LIMIT = config("LOGIN_FAILURE_LIMIT", default=5, cast=int)
+LOGIN_FAILURE_WINDOW = config("LOGIN_FAILURE_WINDOW", default=300, cast=int)  # seconds
 
 # Email: written to files under var/mail/ unless an SMTP host is configured.
 EMAIL_HOST = config("EMAIL_HOST", default="")
@@ -156,7 +170,25 @@ EVENT_HANDLERS = {
     "order.confirmed": "notifications.handlers.on_order_confirmed",
 }
 
+# Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the
+# inbox that makes handling idempotent, and the retry/dead-letter policy of this service's event worker.
+OUTBOX_MODEL = "messaging.OutboxEvent"
+INBOX_MODEL = "messaging.InboxEvent"
+OUTBOX_POLL_INTERVAL = config("OUTBOX_POLL_INTERVAL", default=0.2, cast=float)  # seconds, when idle
+OUTBOX_RETRY_BACKOFF = config("OUTBOX_RETRY_BACKOFF", default=1.0, cast=float)  # seconds, doubled per failure
+OUTBOX_RETRY_BACKOFF_MAX = config("OUTBOX_RETRY_BACKOFF_MAX", default=60.0, cast=float)
+OUTBOX_MAX_LAG_SECONDS = config("OUTBOX_MAX_LAG_SECONDS", default=300.0, cast=float)  # health fails beyond
+# A claimed row is re-sent after this long if its relay died before marking it sent (the inbox absorbs the
+# duplicate); longer than the slowest confirmed publish.
+OUTBOX_LEASE_SECONDS = config("OUTBOX_LEASE_SECONDS", default=30.0, cast=float)
+OUTBOX_BATCH_SIZE = config("OUTBOX_BATCH_SIZE", default=100, cast=int)
+OUTBOX_RETENTION_DAYS = config("OUTBOX_RETENTION_DAYS", default=7, cast=int)  # sent rows are pruned after
+EVENT_MAX_ATTEMPTS = config("EVENT_MAX_ATTEMPTS", default=5, cast=int)  # then the event is dead-lettered
+EVENT_RETRY_BACKOFF = config("EVENT_RETRY_BACKOFF", default=1.0, cast=float)  # seconds, doubled per failure
+EVENT_RETRY_BACKOFF_MAX = config("EVENT_RETRY_BACKOFF_MAX", default=60.0, cast=float)
+
 CELERY_BROKER_URL = envs.broker_url()
+CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = envs.broker_transport_options(CELERY_BROKER_URL, var=VAR_DIR)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"

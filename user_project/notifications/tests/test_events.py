@@ -8,9 +8,11 @@ from kombu import Message, Queue
 from common.events import HANDLE_TASK_NAME, Event, publish_event
 from common.tasks import handle_event
 from common.testing import EventBroker
+from messaging.models import InboxEvent
 from notifications.models import SentEmail
 from users.models import User
 
+# Inside the test's transaction, as publish_event requires; ``relay()`` sends the outbox as relay_outbox does.
 pytestmark = pytest.mark.django_db
 
 
@@ -20,6 +22,7 @@ def bound_broker(event_broker: EventBroker) -> EventBroker:
     output = StringIO()
     call_command("setup_broker", stdout=output)
     assert "declared queue users.events" in output.getvalue()
+    assert "declared queue users.events.dead" in output.getvalue()  # its dead-letter queue
     return event_broker
 
 
@@ -37,6 +40,7 @@ def queue_is_empty(broker: EventBroker, queue_name: str = "users.events") -> boo
 
 def test_published_event_lands_in_the_bound_queue_as_an_events_handle_task(bound_broker: EventBroker) -> None:
     event = publish_event("user.created", {"user_id": 7, "email": "ann@example.com", "name": "Ann"})
+    assert bound_broker.relay() == 1
 
     message = take_message(bound_broker)
 
@@ -50,6 +54,7 @@ def test_published_event_lands_in_the_bound_queue_as_an_events_handle_task(bound
 
 def test_event_type_we_did_not_bind_never_reaches_our_queue(bound_broker: EventBroker) -> None:
     publish_event("payment.captured", {"payment_id": 1})
+    assert bound_broker.relay() == 1
 
     assert queue_is_empty(bound_broker)
 
@@ -58,6 +63,7 @@ def test_published_event_consumed_by_our_task_sends_the_email(
     bound_broker: EventBroker, customer: User, mailoutbox: list[EmailMessage]
 ) -> None:
     published = publish_event("user.created", {"user_id": customer.id, "email": customer.email, "name": customer.name})
+    bound_broker.relay()
 
     _args, kwargs, _embed = take_message(bound_broker).decode()
     handle_event.apply(kwargs=kwargs)
@@ -65,3 +71,4 @@ def test_published_event_consumed_by_our_task_sends_the_email(
     assert Event.from_message(kwargs["event"]).id == published.id
     assert [email.subject for email in mailoutbox] == ["Welcome to Shop, Ann Example!"]
     assert SentEmail.objects.get().event_id.hex == published.id.replace("-", "")
+    assert InboxEvent.objects.get().event_id == published.id

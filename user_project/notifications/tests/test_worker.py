@@ -28,10 +28,22 @@ from celery import signals
 from celery.contrib.testing.worker import start_worker
 from django.core.mail import EmailMessage
 from django.core.management import call_command
+from django.db import transaction
 from kombu import Queue, binding
 
-from common.events import EVENTS_EXCHANGE, event_queue, own_event_queue_name, publish_event
+from common.dead_letters import dead_letter_count, dead_letter_list, dead_letter_redrive
+from common.events import (
+    EVENTS_EXCHANGE,
+    Event,
+    dead_letter_queue,
+    event_queue,
+    own_event_queue_name,
+    publish_event,
+    send_event,
+)
+from common.outbox import relay_pending
 from common.testing import EventBroker
+from messaging.models import InboxEvent, OutboxEvent
 from notifications.models import SentEmail
 from notifications.tests.backends import flaky_smtp_fails_next
 from user_service.celery import app as celery_app
@@ -80,6 +92,16 @@ class EventBus:
 
         return drain
 
+    def publish(self, event_type: str, data: dict[str, Any]) -> Event:
+        """What a service does: record the event in the transaction of its change, then the relay sends it."""
+        with transaction.atomic():
+            event = publish_event(self.event_type(event_type), data)
+        assert relay_pending() >= 1
+        return event
+
+    def dead_letters(self) -> int:
+        return dead_letter_count(self.queue.name)
+
     def messages_waiting(self) -> int:
         """Messages in the worker's queue that nobody holds: none are left once every event was handled."""
         with celery_app.connection_for_write() as connection:
@@ -115,6 +137,7 @@ def bus(request: pytest.FixtureRequest, event_broker: EventBroker, settings: Any
     bus = EventBus(queue=queue, type_suffix=f".{tag}", delete_queues=True)
     try:
         bus.declare(queue)
+        bus.declare(dead_letter_queue(queue.name))
         yield bus
     finally:
         bus.close()
@@ -186,6 +209,15 @@ def task_log() -> Iterator[TaskLog]:
         signal.disconnect(receiver)
 
 
+@pytest.fixture(autouse=True)
+def fast_retries(bus: EventBus, settings: Any) -> None:
+    # The worker thread reads these at each failure: tens of milliseconds rather than seconds between tries.
+    # After ``bus``: switching to RabbitMQ restores the settings from before the private broker.
+    settings.EVENT_RETRY_BACKOFF = 0.05
+    settings.EVENT_RETRY_BACKOFF_MAX = 0.2
+    settings.EVENT_MAX_ATTEMPTS = 4
+
+
 @pytest.fixture
 def customer() -> User:
     return UserFactory(email="ann@example.com", name="Ann Example")
@@ -207,7 +239,7 @@ def test_worker_consumes_published_user_created_and_sends_the_welcome_email(
     bus: EventBus, task_log: TaskLog, customer: User, mailoutbox: list[EmailMessage]
 ) -> None:
     with running_worker(bus):
-        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        event = bus.publish("user.created", user_created_data(customer))
         task_log.wait_for(event.id, "SUCCESS")
 
     assert task_log.attempts[event.id] == 1
@@ -232,7 +264,7 @@ def test_transient_send_failure_is_retried_on_our_own_queue_and_not_redelivered_
     flaky_smtp(1)
 
     with running_worker(bus):
-        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        event = bus.publish("user.created", user_created_data(customer))
         task_log.wait_for(event.id, "SUCCESS")
 
     # Then our worker tried twice and sent once
@@ -258,7 +290,7 @@ def test_retry_that_fails_again_is_retried_again_from_our_own_queue_until_the_se
     flaky_smtp(2)
 
     with running_worker(bus):
-        event = publish_event(bus.event_type("user.created"), user_created_data(customer))
+        event = bus.publish("user.created", user_created_data(customer))
         task_log.wait_for(event.id, "SUCCESS")
 
     assert task_log.outcomes[event.id] == ["RETRY", "RETRY", "SUCCESS"]
@@ -267,22 +299,77 @@ def test_retry_that_fails_again_is_retried_again_from_our_own_queue_until_the_se
     assert SentEmail.objects.count() == 1
 
 
-def test_malformed_event_fails_once_without_retry_and_the_worker_handles_the_next(
+def test_poison_event_is_tried_exactly_n_times_then_dead_lettered_once_while_others_keep_flowing(
+    bus: EventBus, task_log: TaskLog, customer: User, mailoutbox: list[EmailMessage], settings: Any
+) -> None:
+    with running_worker(bus):
+        # Given an event whose handler always raises (int("not-a-number"): ValueError)
+        poison = bus.publish("user.created", {"user_id": "not-a-number"})
+        # and a good event right behind it
+        good = bus.publish("user.created", user_created_data(customer))
+        task_log.wait_for(good.id, "SUCCESS")
+        task_log.wait_for(poison.id, "FAILURE")
+
+    # Then the poison was tried exactly EVENT_MAX_ATTEMPTS times, then became one dead letter
+    assert task_log.attempts[poison.id] == settings.EVENT_MAX_ATTEMPTS
+    assert task_log.outcomes[poison.id] == ["RETRY"] * (settings.EVENT_MAX_ATTEMPTS - 1) + ["FAILURE"]
+    assert all(isinstance(error, ValueError) for error in task_log.errors[poison.id])
+    [letter] = dead_letter_list(bus.queue.name)
+    assert letter.event_id == poison.id
+    assert letter.attempts == settings.EVENT_MAX_ATTEMPTS
+    assert "ValueError" in letter.error
+    # and the good one was handled, once
+    assert [email.subject for email in mailoutbox] == ["Welcome to Shop, Ann Example!"]
+    assert str(SentEmail.objects.get().event_id) == good.id
+    assert list(InboxEvent.objects.values_list("event_id", flat=True)) == [good.id]
+    assert bus.messages_waiting() == 0
+
+
+def test_redelivered_or_republished_event_has_no_second_effect(
     bus: EventBus, task_log: TaskLog, customer: User, mailoutbox: list[EmailMessage]
 ) -> None:
     with running_worker(bus):
-        # Given an event whose handler raises a non-transient error (int("not-a-number"): ValueError)
-        poison = publish_event(bus.event_type("user.created"), {"user_id": "not-a-number"})
-        task_log.wait_for(poison.id, "FAILURE")
-        # When a good event follows it
-        good = publish_event(bus.event_type("user.created"), user_created_data(customer))
-        task_log.wait_for(good.id, "SUCCESS")
+        event = bus.publish("user.created", user_created_data(customer))
+        task_log.wait_for(event.id, "SUCCESS")
+        # When the same event arrives again (a relay that died before marking it sent publishes it again)
+        send_event(event)
+        send_event(event)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while task_log.outcomes[event.id].count("SUCCESS") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
 
-    # Then the bad one was tried exactly once, failed, and is gone from the queue; the good one was handled
-    assert task_log.attempts[poison.id] == 1
-    assert task_log.outcomes[poison.id] == ["FAILURE"]
-    [error] = task_log.errors[poison.id]
-    assert isinstance(error, ValueError)
+    # Then all three deliveries succeeded, and only the first had an effect
+    assert task_log.outcomes[event.id] == ["SUCCESS"] * 3
+    assert len(mailoutbox) == 1
+    assert SentEmail.objects.count() == 1
+    assert InboxEvent.objects.filter(event_id=event.id).count() == 1
+    assert OutboxEvent.objects.get(id=event.id).sent_at is not None
+    assert bus.messages_waiting() == 0
+
+
+def test_dead_letter_redriven_after_the_fix_is_handled(
+    bus: EventBus,
+    task_log: TaskLog,
+    customer: User,
+    mailoutbox: list[EmailMessage],
+    flaky_smtp: Callable[[int], None],
+    settings: Any,
+) -> None:
+    # Given a mail server down for longer than the event's attempts
+    flaky_smtp(settings.EVENT_MAX_ATTEMPTS)
+    with running_worker(bus):
+        event = bus.publish("user.created", user_created_data(customer))
+        task_log.wait_for(event.id, "FAILURE")
+        assert bus.dead_letters() == 1
+        assert mailoutbox == []
+
+        # When the mail server is back and someone re-drives the dead letter
+        [redriven] = dead_letter_redrive(bus.queue.name, event_ids={event.id})
+        assert redriven.event_id == event.id
+        task_log.wait_for(event.id, "SUCCESS")
+
+    # Then the email went out once, and nothing is left dead or waiting
     assert [email.subject for email in mailoutbox] == ["Welcome to Shop, Ann Example!"]
-    assert str(SentEmail.objects.get().event_id) == good.id
+    assert task_log.attempts[event.id] == settings.EVENT_MAX_ATTEMPTS + 1
+    assert bus.dead_letters() == 0
     assert bus.messages_waiting() == 0

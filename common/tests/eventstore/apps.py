@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EventStoreConfig(AppConfig):
+    name = "tests.eventstore"
+    label = "eventstore"
