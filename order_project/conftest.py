@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from common.testing import EventBroker
 from order_service.celery import app as celery_app
@@ -14,3 +15,14 @@ def event_broker(tmp_path: Path) -> Iterator[EventBroker]:
     # Every test publishes to a broker of its own, never to the development one or to a RabbitMQ.
     with EventBroker(tmp_path / "broker", celery_app) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # SQLite's shared in-memory test database locks whole tables ("database table is locked", no waiting):
+    # the saga's concurrency tests need a file, with the same locking as the service has in embedded mode.
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test_orders.sqlite3")

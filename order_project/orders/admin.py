@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from orders.models import Order, OrderItem
+from orders.models import Order, OrderHistoryEntry, OrderItem
 
 
 class OrderItemInline(admin.TabularInline):
@@ -12,6 +12,22 @@ class OrderItemInline(admin.TabularInline):
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False
+
+
+class OrderHistoryInline(admin.TabularInline):
+    """The order's append-only history: shown, never added to, edited or deleted here."""
+
+    model = OrderHistoryEntry
+    fields = ("created_at", "event", "from_status", "to_status", "details")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Order | None = None) -> bool:
         return False
 
 
@@ -33,10 +49,15 @@ class OrderAdmin(admin.ModelAdmin):
         "payment_id",
         "payment_status",
         "payment_failure_code",
+        "payment_method",
+        "cancellation_reason",
+        "payment_attempts",
+        "next_attempt_at",
+        "idempotency_key",
         "created_at",
         "updated_at",
     )
-    inlines = (OrderItemInline,)
+    inlines = (OrderItemInline, OrderHistoryInline)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

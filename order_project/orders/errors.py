@@ -8,3 +8,11 @@ class AccountUnavailable(ApplicationError):
     status_code = 403
     code = "account_unavailable"
     message = "Your account is not available for placing orders."
+
+
+class PaymentOutcomePending(ApplicationError):
+    """Until the payment service has answered, nobody knows whether there is a charge to refund."""
+
+    status_code = 409
+    code = "payment_outcome_pending"
+    message = "The payment of this order is still being settled; try cancelling again shortly."

@@ -1,7 +1,7 @@
 from django.db.models import Prefetch, QuerySet
 
 from common.errors import NotFound
-from orders.models import Order, OrderItem
+from orders.models import Order, OrderHistoryEntry, OrderItem
 
 
 def order_list(*, user_id: int) -> QuerySet[Order]:
@@ -20,3 +20,9 @@ def order_get(*, user_id: int, order_id: int) -> Order:
     if order is None:
         raise NotFound("No such order.")
     return order
+
+
+def order_history(*, user_id: int, order_id: int) -> QuerySet[OrderHistoryEntry]:
+    """The history of one of the user's own orders, oldest first (NotFound for anyone else's)."""
+    order = order_get(user_id=user_id, order_id=order_id)
+    return OrderHistoryEntry.objects.filter(order=order).order_by("id")

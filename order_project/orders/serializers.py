@@ -3,7 +3,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from orders.models import Order, OrderItem
+from orders.models import Order, OrderHistoryEntry, OrderItem
 
 MAX_LINES = 50
 MAX_QUANTITY = 100
@@ -67,8 +67,24 @@ class OrderSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Order
-        fields = ("id", "user_id", "status", "total_amount", "currency", "items", "payment", "created_at")
+        fields = (
+            "id",
+            "user_id",
+            "status",
+            "cancellation_reason",
+            "total_amount",
+            "currency",
+            "items",
+            "payment",
+            "created_at",
+        )
 
     @extend_schema_field(OrderPaymentSerializer(allow_null=True))
     def get_payment(self, order: Order) -> dict[str, Any] | None:
         return None if order.payment_id is None else OrderPaymentSerializer(order).data
+
+
+class OrderHistoryEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OrderHistoryEntry
+        fields = ("event", "from_status", "to_status", "details", "created_at")

@@ -1,4 +1,5 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import PageNumberPagination
@@ -6,9 +7,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from orders.selectors import order_get, order_list
-from orders.serializers import OrderPlaceInputSerializer, OrderSerializer
-from orders.services import order_place
+from common.idempotency import HEADER as IDEMPOTENCY_KEY_HEADER
+from common.idempotency import IdempotentPostMixin
+from orders.models import IdempotencyKey, Order
+from orders.selectors import order_get, order_history, order_list
+from orders.serializers import OrderHistoryEntrySerializer, OrderPlaceInputSerializer, OrderSerializer
+from orders.services import order_cancel, order_place
+
+SETTLED = (Order.Status.CONFIRMED, Order.Status.CANCELLED)
 
 
 class OrderPagination(PageNumberPagination):
@@ -17,29 +23,83 @@ class OrderPagination(PageNumberPagination):
     max_page_size = 100
 
 
-class OrderListCreateView(GenericAPIView):
+def _order_response(order: Order, *, settled_status: int) -> Response:
+    """``settled_status`` once the saga is done with the order; 202 while it still works on it in the
+    background, with the order's address to poll."""
+    return Response(
+        OrderSerializer(order).data,
+        status=settled_status if order.status in SETTLED else status.HTTP_202_ACCEPTED,
+        headers={"Location": f"/api/v1/orders/{order.id}/"},
+    )
+
+
+class OrderListCreateView(IdempotentPostMixin, GenericAPIView):
     # GenericAPIView only for its paginator (and so that the schema shows the paginated shape).
     pagination_class = OrderPagination
     serializer_class = OrderSerializer
+    idempotency_model = IdempotencyKey
+
+    def idempotency_scope(self, request: Request) -> str:
+        return f"user:{request.user.id}"  # keys are the end user's: two users may pick the same one
 
     @extend_schema(responses=OrderSerializer(many=True), operation_id="orders_list")
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(order_list(user_id=request.user.id))
         return self.get_paginated_response(OrderSerializer(page, many=True).data)
 
-    @extend_schema(request=OrderPlaceInputSerializer, responses={201: OrderSerializer}, operation_id="orders_create")
+    @extend_schema(
+        request=OrderPlaceInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_KEY_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="1 to 255 visible ASCII characters, kept 24 h. The same key with the same body replays "
+                "the first response (Idempotent-Replayed: true); with another body 422 idempotency_key_reused; "
+                "while the first request runs 409 idempotency_key_in_use.",
+            )
+        ],
+        responses={
+            201: OpenApiResponse(OrderSerializer, description="Settled: confirmed, or cancelled (payment declined)."),
+            202: OpenApiResponse(
+                OrderSerializer, description="payment_pending: finishes in the background; poll Location."
+            ),
+        },
+        operation_id="orders_create",
+    )
     def post(self, request: Request) -> Response:
         serializer = OrderPlaceInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        order = order_place(principal=request.user, **serializer.validated_data)
-        return Response(
-            OrderSerializer(order).data,
-            status=status.HTTP_201_CREATED,
-            headers={"Location": f"/api/v1/orders/{order.id}/"},
+        order = order_place(
+            principal=request.user,
+            idempotency_key=request.headers.get(IDEMPOTENCY_KEY_HEADER),
+            **serializer.validated_data,
         )
+        return _order_response(order, settled_status=status.HTTP_201_CREATED)
 
 
 class OrderDetailView(APIView):
     @extend_schema(responses=OrderSerializer, operation_id="orders_retrieve")
     def get(self, request: Request, order_id: int) -> Response:
         return Response(OrderSerializer(order_get(user_id=request.user.id, order_id=order_id)).data)
+
+
+class OrderCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: OpenApiResponse(OrderSerializer, description="Cancelled (refunded if it was paid)."),
+            202: OpenApiResponse(OrderSerializer, description="refund_pending: the refund finishes in the background."),
+        },
+        operation_id="orders_cancel",
+    )
+    def post(self, request: Request, order_id: int) -> Response:
+        order = order_cancel(principal=request.user, order_id=order_id)
+        return _order_response(order, settled_status=status.HTTP_200_OK)
+
+
+class OrderHistoryView(APIView):
+    @extend_schema(responses=OrderHistoryEntrySerializer(many=True), operation_id="orders_history")
+    def get(self, request: Request, order_id: int) -> Response:
+        entries = order_history(user_id=request.user.id, order_id=order_id)
+        return Response(OrderHistoryEntrySerializer(entries, many=True).data)

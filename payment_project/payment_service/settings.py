@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "health_check",
     "common",
     "payments",
+    "messaging",
 ]
 
 MIDDLEWARE = [
@@ -117,10 +118,33 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Idempotency-Key of the charge endpoint (common.idempotency): kept this long (purge_idempotency_keys
+# deletes them after), and held this long by a request that died without answering.
+IDEMPOTENCY_KEY_TTL = config("IDEMPOTENCY_KEY_TTL", default=86400, cast=int)
+IDEMPOTENCY_LOCK_TIMEOUT = config("IDEMPOTENCY_LOCK_TIMEOUT", default=60, cast=int)
+
 # This service publishes events but consumes none yet.
 EVENT_HANDLERS: dict[str, str] = {}
 
+# Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the
+# inbox that makes handling idempotent, and the retry/dead-letter policy of this service's event worker.
+OUTBOX_MODEL = "messaging.OutboxEvent"
+INBOX_MODEL = "messaging.InboxEvent"
+OUTBOX_POLL_INTERVAL = config("OUTBOX_POLL_INTERVAL", default=0.2, cast=float)  # seconds, when idle
+OUTBOX_RETRY_BACKOFF = config("OUTBOX_RETRY_BACKOFF", default=1.0, cast=float)  # seconds, doubled per failure
+OUTBOX_RETRY_BACKOFF_MAX = config("OUTBOX_RETRY_BACKOFF_MAX", default=60.0, cast=float)
+OUTBOX_MAX_LAG_SECONDS = config("OUTBOX_MAX_LAG_SECONDS", default=300.0, cast=float)  # health fails beyond
+# A claimed row is re-sent after this long if its relay died before marking it sent (the inbox absorbs the
+# duplicate); longer than the slowest confirmed publish.
+OUTBOX_LEASE_SECONDS = config("OUTBOX_LEASE_SECONDS", default=30.0, cast=float)
+OUTBOX_BATCH_SIZE = config("OUTBOX_BATCH_SIZE", default=100, cast=int)
+OUTBOX_RETENTION_DAYS = config("OUTBOX_RETENTION_DAYS", default=7, cast=int)  # sent rows are pruned after
+EVENT_MAX_ATTEMPTS = config("EVENT_MAX_ATTEMPTS", default=5, cast=int)  # then the event is dead-lettered
+EVENT_RETRY_BACKOFF = config("EVENT_RETRY_BACKOFF", default=1.0, cast=float)  # seconds, doubled per failure
+EVENT_RETRY_BACKOFF_MAX = config("EVENT_RETRY_BACKOFF_MAX", default=60.0, cast=float)
+
 CELERY_BROKER_URL = envs.broker_url()
+CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = envs.broker_transport_options(CELERY_BROKER_URL, var=VAR_DIR)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"

@@ -20,3 +20,9 @@ class IdempotencyKeyReused(ApplicationError):
     status_code = 422
     code = "idempotency_key_reused"
     message = "This Idempotency-Key was already used for a different request."
+
+
+class PaymentNotRefundable(ApplicationError):
+    status_code = 409
+    code = "payment_not_refundable"
+    message = "Only a succeeded payment can be refunded."

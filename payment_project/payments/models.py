@@ -8,7 +8,7 @@ class Payment(models.Model):
     class Status(models.TextChoices):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
-        # "refunded" (and perhaps "partially_refunded") come later; max_length leaves room for them.
+        REFUNDED = "refunded", "Refunded"  # was succeeded; the whole amount went back
 
     class FailureCode(models.TextChoices):
         CARD_DECLINED = "card_declined", "Card declined"
@@ -27,6 +27,7 @@ class Payment(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     caller = models.CharField(max_length=32)
     created_at = models.DateTimeField(auto_now_add=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("-created_at", "-id")
@@ -46,3 +47,24 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"Payment {self.pk} for order {self.order_id} ({self.status})"
+
+
+class IdempotencyKey(models.Model):
+    """A calling service's Idempotency-Key for the charge endpoint and the first response to it
+    (common.idempotency implements the protocol; this is the payment service's store)."""
+
+    scope = models.CharField(max_length=64)  # who sent it: "service:<caller>"
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # sha256 of method, path and body
+    locked_at = models.DateTimeField(null=True, blank=True)  # set while the first request runs
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.BinaryField(default=b"", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="payments_idempotency_unique_scope_key")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"

@@ -1,3 +1,5 @@
+from django.db.models import QuerySet
+
 from common.errors import NotFound
 from common.internal_auth import Principal
 from payments.models import Payment
@@ -13,3 +15,9 @@ def payment_get(*, principal: Principal, payment_id: int) -> Payment:
     if payment is None:
         raise NotFound("No such payment.")
     return payment
+
+
+def payments_by_idempotency_key(*, principal: Principal, idempotency_key: str) -> QuerySet[Payment]:
+    """The calling service's payment made with ``idempotency_key`` for the principal's user (none or one):
+    how the order service learns the outcome of a charge whose answer it never got."""
+    return Payment.objects.filter(caller=principal.caller, idempotency_key=idempotency_key, user_id=principal.id)

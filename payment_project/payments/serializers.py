@@ -17,6 +17,10 @@ class PaymentChargeInputSerializer(serializers.Serializer):
     payment_method = serializers.CharField(help_text="A test token, e.g. tok_visa or tok_chargeDeclined.")
 
 
+class PaymentLookupSerializer(serializers.Serializer):
+    idempotency_key = serializers.RegexField(r"^[\x21-\x7e]{1,255}\Z")
+
+
 class PaymentOutputSerializer(serializers.ModelSerializer):
     failure_code = serializers.SerializerMethodField()
 

@@ -2,17 +2,18 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from common.errors import PermissionDenied
 from common.events import publish_event
 from common.internal_auth import Principal
-from payments.errors import IdempotencyKeyReused, InvalidIdempotencyKey, InvalidPaymentMethod
+from payments.errors import IdempotencyKeyReused, InvalidIdempotencyKey, InvalidPaymentMethod, PaymentNotRefundable
 from payments.methods import charge_outcome
 from payments.models import Payment
+from payments.selectors import payment_get
 
 # 1 to 255 printable ASCII characters, no spaces or control characters (what Stripe accepts, give or take).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -64,6 +65,8 @@ def payment_charge(
                 idempotency_key=idempotency_key,
                 caller=principal.caller,
             )
+            # In the payment's own transaction (the outbox): the event commits with the payment.
+            _publish_outcome(payment)
     except IntegrityError:
         # A concurrent request with the same key inserted first (between our read and our insert): the unique
         # constraint stopped us, and its payment is now committed and visible.
@@ -76,9 +79,6 @@ def payment_charge(
             raise
         return _replayed(earlier, request), False
 
-    # robust: the payment is committed whatever happens to the broker, and the caller must learn its outcome
-    # rather than get a 500 for it; a failed publish is logged.
-    transaction.on_commit(partial(_publish_outcome, payment), robust=True)
     return payment, True
 
 
@@ -105,4 +105,35 @@ def _publish_outcome(payment: Payment) -> None:
             "status": payment.status,
             "failure_code": payment.failure_code or None,
         },
+        aggregate_id=payment.id,
     )
+
+
+def payment_refund(*, principal: Principal, payment_id: int) -> Payment:
+    """Refund a succeeded payment in full; refunding a refunded one again changes nothing (the caller may
+    retry a refund whose answer it lost). A declined payment has nothing to refund (409). Only the
+    principal's own payments: anyone else's is not found."""
+    payment = payment_get(principal=principal, payment_id=payment_id)
+    with transaction.atomic():
+        # Conditional: of two concurrent refunds exactly one changes the status and announces it.
+        refunded = Payment.objects.filter(id=payment.id, status=Payment.Status.SUCCEEDED).update(
+            status=Payment.Status.REFUNDED, refunded_at=timezone.now()
+        )
+        payment.refresh_from_db()
+        if refunded:
+            # In the refund's own transaction (the outbox): the event commits with the refund.
+            publish_event(
+                "payment.refunded",
+                {
+                    "payment_id": payment.id,
+                    "order_id": payment.order_id,
+                    "user_id": payment.user_id,
+                    "amount": f"{payment.amount:.2f}",
+                    "currency": payment.currency,
+                    "status": payment.status,
+                },
+                aggregate_id=payment.id,
+            )
+    if payment.status != Payment.Status.REFUNDED:
+        raise PaymentNotRefundable()
+    return payment

@@ -15,3 +15,4 @@ class ProductFactory(factory.django.DjangoModelFactory):
     price = Decimal("10.00")
     currency = "USD"
     is_active = True
+    stock = 100

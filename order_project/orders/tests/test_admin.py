@@ -1,7 +1,7 @@
 import pytest
 from django.urls import reverse
 
-from orders.models import Order
+from orders.models import Order, OrderHistoryEntry
 from orders.tests.factories import OrderItemFactory
 
 pytestmark = pytest.mark.django_db
@@ -60,3 +60,20 @@ def test_orders_cannot_be_added_in_the_admin(admin_client) -> None:
 
     assert response.status_code == 403
     assert not Order.objects.exists()
+
+
+def test_the_order_change_page_shows_its_history_read_only(admin_client) -> None:
+    item = OrderItemFactory()
+    entry = OrderHistoryEntry.objects.create(
+        order=item.order, event="payment_unknown", from_status="payment_pending", to_status="payment_pending"
+    )
+
+    response = admin_client.get(reverse("admin:orders_order_change", args=[item.order.id]))
+
+    assert response.status_code == 200
+    assert b"payment_unknown" in response.content
+    # No form fields for the history: it cannot be edited, added to or deleted here
+    assert b"history-0-event" not in response.content
+    assert b"history-TOTAL_FORMS" not in response.content or b'name="history-0-DELETE"' not in response.content
+    entry.refresh_from_db()
+    assert entry.event == "payment_unknown"

@@ -7,6 +7,7 @@ import requests
 from django.http import HttpResponse
 from django.test import Client
 
+from catalog.models import StockReservation
 from catalog.tests.factories import ProductFactory
 from common.testing import assertion_headers
 from orders.models import Order, OrderItem
@@ -63,6 +64,7 @@ def test_placing_an_order_charges_the_catalog_price_and_confirms_it(client, http
         "id": order.id,
         "user_id": USER_ID,
         "status": "confirmed",
+        "cancellation_reason": "",
         "total_amount": "52.48",
         "currency": "USD",
         "items": [
@@ -149,9 +151,9 @@ def test_an_idempotent_replay_from_the_payment_service_confirms_the_order(client
     assert response.json()["status"] == "confirmed"
 
 
-def test_an_unknown_payment_method_is_a_validation_error_and_writes_nothing(client, http, user_exists) -> None:
+def test_an_unknown_payment_method_cancels_the_order_and_releases_its_stock(client, http, user_exists) -> None:
     # Given a payment service that does not know the token
-    product = ProductFactory()
+    product = ProductFactory(stock=5)
     http.post(
         payments_url(),
         json={"error": {"code": "invalid_payment_method", "message": "Unknown payment method.", "details": {}}},
@@ -159,13 +161,15 @@ def test_an_unknown_payment_method_is_a_validation_error_and_writes_nothing(clie
     )
 
     # When the customer orders with it
-    response = place(client, {"items": [{"product_id": product.id, "quantity": 1}], "payment_method": "pm_bogus"})
+    response = place(client, {"items": [{"product_id": product.id, "quantity": 2}], "payment_method": "pm_bogus"})
 
-    # Then the request is refused and the order was rolled back
-    assert response.status_code == 400
-    assert error_of(response)["code"] == "validation_error"
-    assert error_of(response)["details"] == {"payment_method": ["Unknown payment method."]}
-    assert nothing_written()
+    # Then the order was placed and cancelled for that reason, like a declined card, its stock back on the shelf
+    assert response.status_code == 201
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["cancellation_reason"] == "invalid_payment_method"
+    assert response.json()["payment"] is None
+    product.refresh_from_db()
+    assert product.stock == 5
 
 
 def test_the_user_comes_from_the_assertion_never_the_body(client, user_exists, payment_service) -> None:
@@ -399,7 +403,21 @@ def test_an_unreachable_user_service_is_unavailable_and_writes_nothing(client, h
     assert nothing_written()
 
 
-def test_an_unreachable_payment_service_rolls_the_order_back(client, http, user_exists) -> None:
+def assert_left_payment_pending(response: HttpResponse, *, error: str) -> Order:
+    """The order exists, holds its stock, and waits for the background: 202 with where to poll."""
+    assert response.status_code == 202, response.content
+    order = Order.objects.get()
+    assert response["Location"] == f"/api/v1/orders/{order.id}/"
+    assert response.json()["status"] == "payment_pending"
+    assert (order.status, order.payment_status, order.payment_id) == ("payment_pending", "", None)
+    assert order.next_attempt_at is not None
+    assert StockReservation.objects.get(order_reference=order.reference).status == "held"
+    assert list(order.history.values_list("event", flat=True)) == ["placed", "payment_requested", "payment_unknown"]
+    assert order.history.last().details == {"attempt": 1, "error": error}
+    return order
+
+
+def test_an_unreachable_payment_service_leaves_the_order_payment_pending(client, http, user_exists) -> None:
     # Given the payment service cannot be reached
     product = ProductFactory()
     http.post(payments_url(), body=requests.ConnectionError("connection refused"))
@@ -407,21 +425,17 @@ def test_an_unreachable_payment_service_rolls_the_order_back(client, http, user_
     # When the customer orders
     response = place(client, {"items": [{"product_id": product.id, "quantity": 1}], "payment_method": "pm"})
 
-    # Then the request fails as unavailable and the order was rolled back
-    assert response.status_code == 503
-    assert error_of(response)["details"] == {"service": "payments"}
-    assert nothing_written()
+    # Then the order is accepted, to be charged in the background
+    assert_left_payment_pending(response, error="upstream_unavailable")
 
 
-def test_a_payment_service_timeout_rolls_the_order_back(client, http, user_exists) -> None:
+def test_a_payment_service_timeout_leaves_the_order_payment_pending(client, http, user_exists) -> None:
     product = ProductFactory()
     http.post(payments_url(), body=requests.ReadTimeout("read timed out"))
 
     response = place(client, {"items": [{"product_id": product.id, "quantity": 1}], "payment_method": "pm"})
 
-    assert response.status_code == 504
-    assert error_of(response)["code"] == "upstream_timeout"
-    assert nothing_written()
+    assert_left_payment_pending(response, error="upstream_timeout")
 
 
 @pytest.mark.parametrize(
@@ -429,12 +443,10 @@ def test_a_payment_service_timeout_rolls_the_order_back(client, http, user_exist
     [
         (500, {"error": {"code": "internal_error"}}),
         (400, {"error": {"code": "validation_error", "details": {"amount": ["Invalid."]}}}),
-        (409, {"error": {"code": "conflict"}}),
+        (409, {"error": {"code": "idempotency_key_in_use"}}),
     ],
 )
-def test_a_failing_payment_service_is_an_upstream_error_and_writes_nothing(
-    client, http, user_exists, status, body
-) -> None:
+def test_a_failing_payment_service_leaves_the_order_payment_pending(client, http, user_exists, status, body) -> None:
     # Given the payment service answers with an error other than an unknown payment method
     product = ProductFactory()
     http.post(payments_url(), json=body, status=status)
@@ -442,13 +454,11 @@ def test_a_failing_payment_service_is_an_upstream_error_and_writes_nothing(
     # When the customer orders
     response = place(client, {"items": [{"product_id": product.id, "quantity": 1}], "payment_method": "pm"})
 
-    # Then it is a bad upstream, and the order was rolled back
-    assert response.status_code == 502
-    assert error_of(response)["code"] == "upstream_error"
-    assert nothing_written()
+    # Then nobody knows whether it was charged: the order waits for reconciliation
+    assert_left_payment_pending(response, error=f"http_{status}")
 
 
-def test_a_payment_answer_about_another_charge_is_refused(client, http, user_exists) -> None:
+def test_a_payment_answer_about_another_charge_never_confirms_the_order(client, http, user_exists) -> None:
     # Given a payment service that answers about a different order
     product = ProductFactory(price=Decimal("10.00"))
     http.post(
@@ -469,8 +479,7 @@ def test_a_payment_answer_about_another_charge_is_refused(client, http, user_exi
     response = place(client, {"items": [{"product_id": product.id, "quantity": 1}], "payment_method": "pm"})
 
     # Then the order is not confirmed with someone else's payment
-    assert response.status_code == 502
-    assert nothing_written()
+    assert_left_payment_pending(response, error="mismatched_answer")
 
 
 # --- reading orders ---------------------------------------------------------------------------------------

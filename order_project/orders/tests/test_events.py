@@ -1,12 +1,13 @@
 from decimal import Decimal
 
 import pytest
-from rest_framework.exceptions import ValidationError
 
+from catalog.errors import OutOfStock
 from catalog.tests.factories import ProductFactory
 from common.internal_auth import Principal
+from orders.models import Order
 from orders.services import order_place
-from orders.tests.conftest import USER_ID, payments_url
+from orders.tests.conftest import USER_ID, user_url
 
 pytestmark = pytest.mark.django_db
 
@@ -72,29 +73,31 @@ def test_a_declined_order_publishes_created_then_cancelled_with_the_reason(
     # Then order.created is followed by order.cancelled naming the decline
     messages = published_events()
     assert [m.routing_key for m in messages] == ["order.created", "order.cancelled"]
-    assert messages[1].event["data"] == {"order_id": order.id, "user_id": USER_ID, "reason": "card_declined"}
+    cancelled = messages[1].event
+    assert cancelled["aggregate_id"] == str(order.id)
+    assert cancelled["data"] == {
+        **messages[0].event["data"],
+        "status": "cancelled",
+        "reason": "payment_declined",
+        "failure_code": "card_declined",
+        "refunded": False,
+    }
 
 
-def test_a_rolled_back_order_publishes_nothing(
-    http, user_exists, event_broker, django_capture_on_commit_callbacks
-) -> None:
-    # Given a payment service that does not know the payment method, and a queue bound to every event type
-    product = ProductFactory()
-    http.post(
-        payments_url(),
-        json={"error": {"code": "invalid_payment_method", "message": "Unknown payment method.", "details": {}}},
-        status=400,
-    )
+def test_an_order_out_of_stock_is_refused_and_publishes_nothing(http, user_exists, event_broker) -> None:
+    # Given a product with one unit left, and a queue bound to every event type
+    product = ProductFactory(stock=1)
     published_events = event_broker.subscribe()
 
-    # When placing the order fails
-    with django_capture_on_commit_callbacks(execute=True) as callbacks, pytest.raises(ValidationError):
+    # When two are ordered, the order is refused before any charge
+    with pytest.raises(OutOfStock):
         order_place(
             principal=Principal(id=USER_ID, is_staff=False, caller="gateway"),
-            items=[{"product_id": product.id, "quantity": 1}],
-            payment_method="pm_nonsense",
+            items=[{"product_id": product.id, "quantity": 2}],
+            payment_method="pm_card_visa",
         )
 
-    # Then no event was even scheduled, and none reached the broker
-    assert callbacks == []
+    # Then nothing was written, and nothing announced
     assert published_events() == []
+    assert not Order.objects.exists()
+    assert [call.request.url for call in http.calls] == [user_url()]

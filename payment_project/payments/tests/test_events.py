@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.test import Client
 
 from common.events import HANDLE_TASK_NAME, publish_event
 from common.testing import EventBroker, assertion_headers
+from messaging.models import OutboxEvent
 from payments.models import Payment
 
 pytestmark = pytest.mark.django_db
@@ -26,17 +28,13 @@ def post_charge(client: Client, body: dict[str, Any], **headers: str) -> Any:
     )
 
 
-def test_successful_charge_publishes_payment_succeeded_after_commit(
-    client: Client, event_broker: EventBroker, django_capture_on_commit_callbacks: Any
+def test_successful_charge_records_payment_succeeded_in_the_outbox_and_the_relay_sends_it(
+    client: Client, event_broker: EventBroker
 ) -> None:
     payment_events = event_broker.subscribe("payment.*")
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = post_charge(client, BODY)
-    # Nothing leaves before the transaction commits.
-    assert len(callbacks) == 1
-    assert payment_events() == []
-
-    callbacks[0]()
+    response = post_charge(client, BODY)
+    # Written with the payment, in its transaction (the outbox); the relay (drain) sends it.
+    assert OutboxEvent.objects.get().type == "payment.succeeded"
 
     payment = Payment.objects.get()
     [published] = payment_events()
@@ -47,6 +45,8 @@ def test_successful_charge_publishes_payment_succeeded_after_commit(
     assert event["source"] == "payments"
     assert event["version"] == 1
     assert event["request_id"]
+    assert event["aggregate_id"] == str(payment.id)
+    assert OutboxEvent.objects.get().sent_at is not None
     assert event["data"] == {
         "payment_id": payment.id,
         "order_id": 42,
@@ -96,6 +96,7 @@ def test_refused_charge_publishes_nothing(
     assert response.status_code == 400
     assert callbacks == []
     assert payment_events() == []
+    assert not OutboxEvent.objects.exists()
 
 
 def test_replayed_charge_publishes_nothing_again(
@@ -109,7 +110,7 @@ def test_replayed_charge_publishes_nothing_again(
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = post_charge(client, BODY, **{"Idempotency-Key": "k"})
 
-    assert response.status_code == 200
+    assert response.headers["Idempotent-Replayed"] == "true"
     assert callbacks == []
     assert payment_events() == []
 
@@ -117,6 +118,7 @@ def test_replayed_charge_publishes_nothing_again(
 def test_events_of_other_types_do_not_reach_a_payment_queue(event_broker: EventBroker) -> None:
     payment_events = event_broker.subscribe("payment.*")
 
-    publish_event("order.confirmed", {"order_id": 1})
+    with transaction.atomic():
+        publish_event("order.confirmed", {"order_id": 1})
 
     assert payment_events() == []

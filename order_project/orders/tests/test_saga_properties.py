@@ -1,0 +1,168 @@
+"""A hypothesis state machine over the order saga: any interleaving of orders, step outcomes at the payment
+service (success, decline, unknown method, refused connection, timeout before or after the charge, 5xx),
+background sweeps, redelivered steps and cancellations. The real saga, catalog and database throughout;
+only the network edge is the fake payment service.
+
+Checked after every step: at most one payment per order, no order confirmed (or refunding) without a
+charge, stock conserved. After the network heals and the background settles everything: every order
+confirmed or cancelled, total charged = total paid + total refunded, stock held = stock sold."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import responses
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from catalog.errors import OutOfStock
+from catalog.models import Product, StockReservation
+from catalog.tests.factories import ProductFactory
+from common.internal_auth import Principal
+from orders import saga
+from orders.errors import PaymentOutcomePending
+from orders.models import Order
+from orders.services import order_cancel, order_place
+from orders.tests.conftest import USER_ID, FakePaymentService, user_url
+
+INITIAL_STOCK = 6
+CUSTOMER = Principal(id=USER_ID, is_staff=False, caller="gateway")
+NETWORK = ["up", "down", "lose_answers", "timeout", "error"]
+METHODS = ["tok_visa", "tok_chargeDeclined", "tok_bogus"]
+
+
+class OrderSaga(RuleBasedStateMachine):
+    mock: responses.RequestsMock  # the test's HTTP edge, set before the run
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mock.reset()
+        self.mock.get(user_url(), json={"id": USER_ID}, status=200)
+        self.payments = FakePaymentService(self.mock)
+        self.products = [ProductFactory(stock=INITIAL_STOCK) for _ in range(2)]
+        self.order_ids: list[int] = []
+
+    # --- what can happen ----------------------------------------------------------------------------------
+
+    @rule(mode=st.sampled_from(NETWORK))
+    def network(self, mode: str) -> None:
+        self.payments.mode = mode
+
+    @rule(product=st.integers(0, 1), quantity=st.integers(1, 4), method=st.sampled_from(METHODS))
+    def place(self, product: int, quantity: int, method: str) -> None:
+        try:
+            order = order_place(
+                principal=CUSTOMER,
+                items=[{"product_id": self.products[product].id, "quantity": quantity}],
+                payment_method=method,
+            )
+        except OutOfStock:
+            return
+        self.order_ids.append(order.id)
+
+    @rule()
+    def background_sweep(self) -> None:
+        self._make_everything_due()
+        saga.sweep()
+
+    @rule(data=st.data())
+    def redelivered_step(self, data: st.DataObject) -> None:
+        # A step run again (a redelivered task, a lease that ran out), whatever the order's state.
+        if self.order_ids:
+            saga.advance(data.draw(st.sampled_from(self.order_ids)), only_if_due=False)
+
+    @rule(data=st.data())
+    def customer_cancels(self, data: st.DataObject) -> None:
+        if self.order_ids:
+            # 409 while the payment's outcome is unknown: a refusal, not a failure of the saga
+            with contextlib.suppress(PaymentOutcomePending):
+                order_cancel(principal=CUSTOMER, order_id=data.draw(st.sampled_from(self.order_ids)))
+
+    # --- what must always hold ----------------------------------------------------------------------------
+
+    @invariant()
+    def at_most_one_payment_per_order(self) -> None:
+        for order_id in self.order_ids:
+            assert len(self.payments.by_order(order_id)) <= 1
+
+    @invariant()
+    def never_confirmed_or_refunding_without_a_charge(self) -> None:
+        for order in self._orders():
+            if order.status in (Order.Status.CONFIRMED, Order.Status.REFUND_PENDING):
+                [payment] = self.payments.by_order(order.id)
+                assert payment["id"] == order.payment_id
+                assert payment["status"] in ("succeeded", "refunded")
+            if order.payment_status == Order.PaymentStatus.REFUNDED:
+                assert [p["status"] for p in self.payments.by_order(order.id)] == ["refunded"]
+
+    @invariant()
+    def stock_is_conserved(self) -> None:
+        for product in self.products:
+            product.refresh_from_db()
+            assert product.stock + self._held(product) == INITIAL_STOCK
+
+    def teardown(self) -> None:
+        # The network heals and the background runs until nothing is left to do.
+        self.payments.mode = "up"
+        for _ in range(5):
+            self._make_everything_due()
+            saga.sweep()
+        orders = self._orders()
+        assert {order.status for order in orders} <= {Order.Status.CONFIRMED, Order.Status.CANCELLED}
+        charged = self._sum(p["amount"] for p in self.payments.payments.values() if p["status"] == "succeeded")
+        refunded = self._sum(p["amount"] for p in self.payments.payments.values() if p["status"] == "refunded")
+        paid = self._sum(o.total_amount for o in orders if o.status == Order.Status.CONFIRMED)
+        refunds_recorded = self._sum(o.total_amount for o in orders if o.payment_status == Order.PaymentStatus.REFUNDED)
+        assert charged == paid
+        assert refunded == refunds_recorded
+        sold = {product.id: 0 for product in self.products}
+        for order in orders:
+            if order.status == Order.Status.CONFIRMED:
+                for item in order.items.all():
+                    sold[item.product_id] += item.quantity
+        for product in self.products:
+            assert self._held(product) == sold[product.id]
+
+    # --- helpers ------------------------------------------------------------------------------------------
+
+    def _orders(self) -> list[Order]:
+        return list(Order.objects.filter(id__in=self.order_ids))
+
+    def _make_everything_due(self) -> None:
+        Order.objects.filter(id__in=self.order_ids, next_attempt_at__isnull=False).update(
+            next_attempt_at=timezone.now() - timedelta(seconds=1)
+        )
+
+    @staticmethod
+    def _held(product: Product) -> int:
+        held = StockReservation.objects.filter(product=product, status=StockReservation.Status.HELD)
+        return sum(held.values_list("quantity", flat=True))
+
+    @staticmethod
+    def _sum(amounts: Any) -> Decimal:
+        return sum((Decimal(str(amount)) for amount in amounts), Decimal("0"))
+
+
+@pytest.mark.django_db
+def test_the_saga_never_charges_twice_never_confirms_unpaid_and_conserves_stock(http, settings_override) -> None:
+    OrderSaga.mock = http
+    run_state_machine_as_test(
+        OrderSaga,
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=15,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        ),
+    )
+
+
+@pytest.fixture
+def settings_override(settings: Any) -> None:
+    settings.ORDER_SAGA_RETRY_BASE_SECONDS = 0
