@@ -1,0 +1,950 @@
+#!/usr/bin/env python3
+"""Fault tests of the event pipeline and the order saga, in real mode, with figures (issue 4).
+
+    .venv/bin/python faults/run.py                  # every scenario: 3 to 7 minutes, by the machine's load
+    .venv/bin/python faults/run.py --only 6,5       # some of them
+    .venv/bin/python faults/run.py --orders 100     # scenario 1 with fewer orders
+
+Run on demand and by ``.ci/run`` in real mode; not part of the pytest suites. It starts the whole system
+through the launcher's own ``System`` on free loopback ports, on PostgreSQL (its own ``<db>_faults``
+databases), RabbitMQ (its own virtual host ``shop_faults``, created and deleted with ``rabbitmqctl``) and
+Redis (database 13). Every service reaches RabbitMQ through a fault proxy of its own, and the order
+service reaches the payment service through one too (``faults/tcpproxy.py``), so an outage is played on
+the proxies, never on the machine's shared servers. The harness counts by reading each service's
+database (read-only), the emails the user service's worker wrote, the workers' logs, and a tap queue that
+receives a copy of every event published to the ``events`` exchange.
+
+Scenarios:
+  1. RabbitMQ cut for 10 s while orders are placed: orders = order.confirmed delivered = emails, outbox drains
+  2. the consumer worker SIGKILLed with effects done but acknowledgements not received: 0 lost, 0 duplicates
+  3. a poison event: exactly EVENT_MAX_ATTEMPTS attempts, one dead letter, other events keep flowing
+  4. the order relay SIGKILLed between the broker's confirm and "mark sent": duplicate publishes, no
+     duplicate effects
+  5. the payment service refused, then slower than the order service's timeout, while orders are placed:
+     no double charge, no confirmation without a charge, every order settled soon after recovery
+  6. ten concurrent identical POST /api/v1/orders/ with one Idempotency-Key: one order, one charge
+
+It prints what each scenario did and its figures, then a summary table; the exit status is 1 when any
+invariant failed (or the harness could not run), 0 otherwise. Everything it started is stopped on exit,
+on errors and on Ctrl-C; a watchdog interrupts the run if it exceeds ``--time-limit``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and VENV_PYTHON.exists():
+    os.execv(VENV_PYTHON, [str(VENV_PYTHON), __file__, *sys.argv[1:]])  # noqa: S606  the project's own venv
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402  (after the re-exec into .venv, which has it)
+
+from faults.harness import (  # noqa: E402
+    Api,
+    BrokerTap,
+    Customer,
+    EventPublisher,
+    Failure,
+    FaultSystem,
+    Infrastructure,
+    OrderAttempt,
+    confirmation_mails,
+    dead_letters,
+    free_port,
+    log,
+    manage_all,
+    place_order,
+    run_concurrently,
+    task_receipts,
+    wait_until,
+)
+from faults.tcpproxy import FaultProxy  # noqa: E402
+
+# Settings the run gives the services: fast retries so that the scenarios finish in seconds, limits high
+# enough for one client address placing hundreds of orders.
+MAX_ATTEMPTS = 4
+RUN_SETTINGS = {
+    "LOGIN_RATE": "100000/min",
+    "RATE_LIMIT_DEFAULT": "100000/minute",
+    "RATE_LIMIT_LOGIN": "100000/minute",
+    "RATE_LIMIT_KEY_PREFIX": "faults:ratelimit",
+    "JWT_ACCESS_TOKEN_LIFETIME": "1800",
+    "SERVICE_CONNECT_TIMEOUT": "1",
+    "SERVICE_READ_TIMEOUT": "2",
+    "ORDER_SAGA_LEASE_SECONDS": "15",
+    "ORDER_SAGA_RETRY_BASE_SECONDS": "0.5",
+    "ORDER_SAGA_RETRY_MAX_SECONDS": "2",
+    "ORDER_SAGA_SWEEP_INTERVAL": "1",
+    "OUTBOX_RETRY_BACKOFF": "0.2",
+    "OUTBOX_RETRY_BACKOFF_MAX": "2",
+    "EVENT_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+    "EVENT_RETRY_BACKOFF": "0.2",
+    "EVENT_RETRY_BACKOFF_MAX": "1",
+    "LOG_LEVEL": "INFO",
+}
+PAYMENT_READ_TIMEOUT = float(RUN_SETTINGS["SERVICE_READ_TIMEOUT"])
+ORDER_DEADLINE = 15.0  # the gateway's read timeout: POST /orders/ must answer within it
+SETTLED = ("confirmed", "cancelled")
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Result:
+    number: int
+    title: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def note(self, text: str) -> None:
+        log(f"  {text}")
+
+    def figure(self, name: str, value: Any) -> None:
+        self.figures[name] = value
+
+    def check(self, ok: bool, invariant: str) -> bool:
+        if not ok:
+            self.failures.append(invariant)
+        log(f"  {'ok  ' if ok else 'FAIL'} {invariant}")
+        return ok
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+# --------------------------------------------------------------------------------------------------
+# The run: system, proxies, customers
+
+
+@dataclass
+class Run:
+    infra: Infrastructure
+    system: FaultSystem
+    broker_proxies: dict[str, FaultProxy]
+    payments_proxy: FaultProxy
+    api: Api
+    tap: BrokerTap
+    publisher: EventPublisher
+    publisher_url: str  # RabbitMQ directly, never through a proxy: the harness's own connections
+    customers: list[Customer]
+    products: list[int]
+
+    @property
+    def proxies(self) -> list[FaultProxy]:
+        return [*self.broker_proxies.values(), self.payments_proxy]
+
+    # counters over the services' databases ------------------------------------------------------------
+
+    def max_order_id(self) -> int:
+        return int(self.infra.scalar("orders", "SELECT COALESCE(MAX(id), 0) FROM orders_order"))
+
+    def orders_after(self, order_id: int) -> dict[int, dict[str, Any]]:
+        rows = self.infra.query(
+            "orders",
+            "SELECT id, status, payment_id, payment_status, cancellation_reason, user_id FROM orders_order "
+            "WHERE id > %s",
+            (order_id,),
+        )
+        keys = ("id", "status", "payment_id", "payment_status", "cancellation_reason", "user_id")
+        return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
+
+    def payments_for(self, order_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+        rows = self.infra.query(
+            "payments",
+            "SELECT id, order_id, status, idempotency_key FROM payments_payment WHERE order_id = ANY(%s)",
+            (list(order_ids),),
+        )
+        found: dict[int, list[dict[str, Any]]] = {}
+        for payment_id, order_id, status, key in rows:
+            found.setdefault(order_id, []).append({"id": payment_id, "status": status, "key": key})
+        return found
+
+    def pending_outbox(self) -> dict[str, int]:
+        return {
+            service: int(self.infra.scalar(service, "SELECT COUNT(*) FROM messaging_outboxevent WHERE sent_at IS NULL"))
+            for service in ("users", "orders", "payments")
+        }
+
+    def confirmed_events(self, order_ids: set[int]) -> dict[str, int]:
+        """Event id -> order id of the order.confirmed events the order service recorded for these orders."""
+        rows = self.infra.query(
+            "orders", "SELECT id::text, data->>'order_id' FROM messaging_outboxevent WHERE type = 'order.confirmed'"
+        )
+        return {event_id: int(order_id) for event_id, order_id in rows if int(order_id) in order_ids}
+
+    def handled(self, event_ids: Iterable[str]) -> set[str]:
+        rows = self.infra.query(
+            "users", "SELECT event_id FROM messaging_inboxevent WHERE event_id = ANY(%s)", (list(event_ids),)
+        )
+        return {row[0] for row in rows}
+
+    def sent_email_rows(self, event_ids: Iterable[str]) -> Counter[str]:
+        rows = self.infra.query(
+            "users",
+            "SELECT event_id::text FROM notifications_sentemail WHERE kind = 'order_confirmation' "
+            "AND event_id = ANY(%s::uuid[])",
+            (list(event_ids),),
+        )
+        return Counter(row[0] for row in rows)
+
+    def mails(self) -> Counter[int]:
+        return confirmation_mails(self.system.var_dir)
+
+    # actions ----------------------------------------------------------------------------------------
+
+    def place_many(self, count: int, *, threads: int, declined_every: int = 0) -> list[OrderAttempt]:
+        """``count`` orders of one unit each, spread over the customers and products, ``threads`` at a time;
+        with ``declined_every=n``, every n-th pays with a card that is declined."""
+
+        def one(index: int) -> OrderAttempt:
+            customer = self.customers[index % len(self.customers)]
+            declined = declined_every and index % declined_every == declined_every - 1
+            method = "tok_chargeDeclined" if declined else "tok_visa"
+            return place_order(self.api, customer, self.products[index % len(self.products)], payment_method=method)
+
+        return run_concurrently(one, range(count), threads=threads)
+
+    def stock_total(self) -> int:
+        """Units on the shelves plus units held for orders: constant unless an operator restocks."""
+        shelves = self.infra.scalar("orders", "SELECT COALESCE(SUM(stock), 0) FROM catalog_product")
+        held = self.infra.scalar(
+            "orders", "SELECT COALESCE(SUM(quantity), 0) FROM catalog_stockreservation WHERE status = 'held'"
+        )
+        return int(shelves) + int(held)
+
+    def reservations(self, order_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Order id -> the statuses of its stock reservations."""
+        rows = self.infra.query(
+            "orders",
+            "SELECT o.id, r.status FROM orders_order o JOIN catalog_stockreservation r "
+            "ON r.order_reference = o.reference WHERE o.id = ANY(%s)",
+            (list(order_ids),),
+        )
+        found: dict[int, list[str]] = {}
+        for order_id, status in rows:
+            found.setdefault(order_id, []).append(status)
+        return found
+
+    def settle(self, order_ids: set[int], timeout: float) -> bool:
+        def settled() -> bool:
+            orders = self.orders_after(min(order_ids) - 1)
+            return all(orders.get(order_id, {}).get("status") in SETTLED for order_id in order_ids)
+
+        return wait_until(settled, timeout=timeout, interval=0.5)
+
+
+def build(args: argparse.Namespace, var_dir: Path) -> Run:
+    """Databases, virtual host, proxies and the (not yet started) system."""
+    infra = Infrastructure.from_environment(os.environ)
+    infra.check_reachable()
+    log("creating databases (<db>_faults) and the RabbitMQ virtual host shop_faults")
+    infra.create_databases()
+    infra.create_vhost()
+    direct_url = infra.broker_url()
+    tap = BrokerTap(direct_url)
+    tap.declare()
+
+    ports = {service.name: free_port() for service in manage_all.SERVICES}
+    # One broker proxy per process (a service's web processes and manage.py commands share the service's):
+    # a fault can then be aimed at one worker or one relay, or at all of them.
+    broker_proxies = {
+        name: FaultProxy(f"{name}-broker", infra.broker_port, infra.broker_host, amqp=True).start()
+        for name in manage_all.process_names()
+    }
+    payments_proxy = FaultProxy("payments-http", ports["payments"]).start()
+    overrides = {
+        service.name: {"BROKER_URL": infra.broker_url(port=broker_proxies[service.name].port)}
+        for service in manage_all.SERVICES
+    }
+    # Every order process that calls the payment service (web, and the saga's background) goes through it.
+    overrides["orders"]["PAYMENT_SERVICE_URL"] = f"http://127.0.0.1:{payments_proxy.port}"
+    process_overrides = {
+        name: {"BROKER_URL": infra.broker_url(port=proxy.port)}
+        for name, proxy in broker_proxies.items()
+        if name not in manage_all.SERVICES_BY_NAME
+    }
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "BROKER_URL", "REDIS_URL", "VAR_DIR") and not key.endswith("_DATABASE_URL")
+    }
+    env.update(RUN_SETTINGS)
+    env["REDIS_URL"] = infra.redis_url
+    for service in manage_all.SERVICES:
+        env[service.database_env] = infra.database_urls[service.name]
+    system = FaultSystem(
+        var_dir=var_dir,
+        ports=ports,
+        base_env=env,
+        web_workers=2,
+        overrides=overrides,
+        process_overrides=process_overrides,
+    )
+    return Run(
+        infra=infra,
+        system=system,
+        broker_proxies=broker_proxies,
+        payments_proxy=payments_proxy,
+        api=Api(system.url("gateway")),
+        tap=tap,
+        publisher=EventPublisher(direct_url),
+        publisher_url=direct_url,
+        customers=[],
+        products=[],
+    )
+
+
+def launch(run: Run, args: argparse.Namespace) -> None:
+    system = run.system
+    log("migrating, declaring queues, loading the catalog (the launcher's System.prepare)")
+    system.prepare()
+    log(f"starting {', '.join(manage_all.process_names())} on free ports; logs in {system.var_dir / 'log'}")
+    system.start(log_dir=system.var_dir / "log")
+    system.wait_healthy(timeout=150)
+    log("healthy; signing up customers")
+    run.customers = run_concurrently(run.api.sign_up, [f"c{i}" for i in range(args.customers)], threads=4)
+    run.products = run.api.products()
+    log(f"{len(run.customers)} customers, products {run.products}")
+
+
+def stop(run: Run) -> None:
+    run.system.stop()
+    run.publisher.close()
+    for proxy in run.proxies:
+        proxy.stop()
+    run.infra.delete_vhost()
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 6: ten concurrent identical requests with one Idempotency-Key
+
+
+def scenario_6(run: Run, result: Result) -> None:
+    customer = run.customers[0]
+    key = f"faults-idem-{uuid.uuid4()}"
+    body = {"items": [{"product_id": run.products[0], "quantity": 2}], "payment_method": "tok_visa"}
+    before = run.max_order_id()
+    barrier = threading.Barrier(10)
+
+    def post(payload: dict[str, Any]) -> requests.Response:
+        return run.api.post(
+            "/api/v1/orders/", payload, token=customer.token, headers={"Idempotency-Key": key}, timeout=ORDER_DEADLINE
+        )
+
+    def send(_: int) -> tuple[int, requests.Response]:
+        barrier.wait(timeout=30)
+        first = post(body)
+        response = first
+        # A client told 409 (the first request still runs) retries the same request until it gets the answer.
+        deadline = time.monotonic() + ORDER_DEADLINE
+        while response.status_code == 409 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            response = post(body)
+        return first.status_code, response
+
+    answers = run_concurrently(send, range(10), threads=10)
+    first_statuses = Counter(status for status, _ in answers)
+    finals = [response for _, response in answers]
+    final_statuses = Counter(response.status_code for response in finals)
+    replayed = [response for response in finals if response.headers.get("Idempotent-Replayed") == "true"]
+    originals = [response for response in finals if response.headers.get("Idempotent-Replayed") != "true"]
+    result.note(
+        "10 identical POST /api/v1/orders/ released at once (a barrier), one Idempotency-Key, through the gateway; "
+        "a client answered 409 retries every 0.2s"
+    )
+    result.note(f"first answers {dict(first_statuses)}; final answers {dict(final_statuses)}, {len(replayed)} replays")
+    other = post(dict(body, payment_method="tok_mastercard"))
+    result.note(f"the same key with another body: {other.status_code}")
+    orders = [order for order in run.orders_after(before).values() if order["user_id"] == customer.user_id]
+    payments = run.payments_for(order["id"] for order in orders)
+    charges = sum(len(found) for found in payments.values())
+    result.figure("first answers", dict(first_statuses))
+    result.figure("409 in flight", first_statuses.get(409, 0))
+    result.figure("replays", len(replayed))
+    result.figure("orders", len(orders))
+    result.figure("charges", charges)
+    result.check(set(first_statuses) <= {201, 202, 409}, "every first answer is the order (201/202) or 409 in flight")
+    result.check(set(final_statuses) <= {201, 202}, "every client ends with the order")
+    result.check(len(originals) == 1, "exactly one answer is not a replay")
+    result.check(
+        len({(response.status_code, response.content) for response in finals}) == 1,
+        "all ten final answers identical (status and body)",
+    )
+    result.check(other.status_code == 422, "the same key with another body is refused with 422")
+    result.check(len(orders) == 1, "one order")
+    result.check(charges == 1, "one charge")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 5: the payment service refused, then slow, while orders are placed
+
+
+def scenario_5(run: Run, result: Result, per_phase: int = 12) -> None:
+    before = run.max_order_id()
+    stock_before = run.stock_total()
+    proxy = run.payments_proxy
+    attempts: list[OrderAttempt] = []
+
+    proxy.refuse()
+    result.note(
+        f"payment service unreachable (its proxy refuses connections); placing {per_phase} orders, every 4th "
+        f"with a card that will be declined"
+    )
+    down = run.place_many(per_phase, threads=6, declined_every=4)
+    attempts += down
+    result.note(f"  answers while down: {dict(Counter(a.status for a in down))}, states {_states(down)}")
+
+    proxy.restore()
+    slow = PAYMENT_READ_TIMEOUT + 1.5
+    proxy.slow(slow)
+    result.note(
+        f"payment service slow: every reply {slow:.1f}s late (order service read timeout {PAYMENT_READ_TIMEOUT}s)"
+    )
+    slowed = run.place_many(per_phase, threads=6, declined_every=4)
+    attempts += slowed
+    result.note(f"  answers while slow: {dict(Counter(a.status for a in slowed))}, states {_states(slowed)}")
+    time.sleep(3)  # the sweeper's reconciliations meet the slow service too
+    proxy.restore()
+    recovered = time.monotonic()
+    result.note("payment service back to normal")
+
+    order_ids = {a.order_id for a in attempts if a.order_id is not None}
+    settled = run.settle(order_ids, timeout=45) if order_ids else True
+    settle_seconds = time.monotonic() - recovered
+    orders = run.orders_after(before)
+    orders = {order_id: order for order_id, order in orders.items() if order_id in order_ids}
+    payments = run.payments_for(order_ids)
+    states = Counter(order["status"] for order in orders.values())
+    result.note(
+        f"after recovery: {dict(states)} ({'all settled' if settled else 'NOT settled'} "
+        f"{settle_seconds:.1f}s after recovery)"
+    )
+
+    double = [
+        oid for oid, found in payments.items() if sum(p["status"] in ("succeeded", "refunded") for p in found) > 1
+    ]
+    payment_rows = [oid for oid, found in payments.items() if len(found) > 1]
+    confirmed_without = [
+        oid
+        for oid, order in orders.items()
+        if order["status"] == "confirmed"
+        and not any(p["id"] == order["payment_id"] and p["status"] == "succeeded" for p in payments.get(oid, []))
+    ]
+    cancelled_charged = [
+        oid
+        for oid, order in orders.items()
+        if order["status"] == "cancelled" and any(p["status"] == "succeeded" for p in payments.get(oid, []))
+    ]
+    late_charges = sum(1 for a in slowed if a.status == 202 and a.order_id in payments)
+    slowest = max((a.seconds for a in attempts), default=0.0)
+    result.figure("orders", len(order_ids))
+    result.figure("202 answers", sum(a.status == 202 for a in attempts))
+    result.figure("charged while the caller timed out", late_charges)
+    result.figure("confirmed", states.get("confirmed", 0))
+    result.figure("cancelled", states.get("cancelled", 0))
+    result.figure("double charges", len(double))
+    result.figure("confirmed without charge", len(confirmed_without))
+    result.figure("settled after recovery (s)", round(settle_seconds, 1))
+    result.figure("slowest answer (s)", round(slowest, 1))
+    result.check(all(a.status in (201, 202) for a in attempts), "every POST answered 201/202 (never 5xx)")
+    result.check(slowest < ORDER_DEADLINE, f"every POST answered within the deadline ({ORDER_DEADLINE:.0f}s)")
+    result.check(all(a.status == 202 for a in down), "while down: 202 payment_pending")
+    result.check(not double, f"0 double charges {double or ''}")
+    result.check(not payment_rows, f"at most one payment row per order {payment_rows or ''}")
+    result.check(not confirmed_without, f"0 confirmed orders without a charge {confirmed_without or ''}")
+    result.check(not cancelled_charged, f"0 cancelled orders left charged {cancelled_charged or ''}")
+    result.check(settled, "every order confirmed or cancelled within 45s of recovery")
+    declined = {
+        a.order_id for index, a in enumerate(down + slowed) if index % per_phase % 4 == 3 and a.order_id is not None
+    }
+    result.check(
+        all(orders[oid]["status"] == ("cancelled" if oid in declined else "confirmed") for oid in orders),
+        "paid orders confirmed, declined ones cancelled",
+    )
+    reservations = run.reservations(orders)
+    wrong_stock = [
+        oid
+        for oid, order in orders.items()
+        if reservations.get(oid) != ["released" if order["status"] == "cancelled" else "held"]
+    ]
+    stock_after = run.stock_total()
+    result.figure("stock conserved", stock_after == stock_before)
+    result.check(not wrong_stock, f"stock held for confirmed orders, released for cancelled ones {wrong_stock or ''}")
+    result.check(stock_after == stock_before, f"stock conserved ({stock_before} units before, {stock_after} after)")
+    confirmed = {oid for oid, order in orders.items() if order["status"] == "confirmed"}
+    mailed = wait_until(lambda: set(run.mails()) >= confirmed, timeout=30, interval=0.5)
+    mails = run.mails()
+    result.figure("emails", sum(mails[oid] for oid in orders))
+    result.check(
+        mailed and all(mails[oid] == (1 if oid in confirmed else 0) for oid in orders),
+        "the emails followed: one per confirmed order (within 30s), none for a cancelled one",
+    )
+
+
+def _statuses(attempts: list[OrderAttempt]) -> dict[int, int]:
+    return dict(Counter(a.status for a in attempts))
+
+
+def _states(attempts: list[OrderAttempt]) -> dict[str, int]:
+    return dict(Counter(a.order_status or "-" for a in attempts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 1: RabbitMQ cut for 10 s while orders are placed
+
+
+def scenario_1(run: Run, result: Result, count: int) -> None:
+    before = run.max_order_id()
+    run.tap.drain()
+    outage = 10.0
+    cut_at = 1.5
+    timeline: dict[str, float] = {}
+
+    def outage_thread() -> None:
+        time.sleep(cut_at)
+        cut = sum(proxy.refuse() for proxy in run.broker_proxies.values())
+        timeline["cut"] = time.monotonic()
+        log(f"  RabbitMQ cut: every process's broker proxy refuses connections; {cut} open ones closed")
+        time.sleep(outage)
+        for proxy in run.broker_proxies.values():
+            proxy.restore()
+        timeline["restored"] = time.monotonic()
+        log("  RabbitMQ back")
+
+    samples: list[tuple[float, int]] = []  # (time, events pending in all outboxes)
+    sampling = threading.Event()
+
+    def sample_outboxes() -> None:
+        while not sampling.is_set():
+            with contextlib.suppress(Exception):  # a sample that fails is just missing
+                samples.append((time.monotonic(), sum(run.pending_outbox().values())))
+            sampling.wait(0.5)
+
+    started = time.monotonic()
+    sampler = threading.Thread(target=sample_outboxes, daemon=True)
+    sampler.start()
+    fault = threading.Thread(target=outage_thread, daemon=True)
+    fault.start()
+    attempts = run.place_many(count, threads=12)
+    placed_for = time.monotonic() - started
+    fault.join()
+    accepted = [a for a in attempts if a.status in (201, 202)]
+    during = sum(1 for a in accepted if timeline["cut"] <= a.finished_at <= timeline["restored"])
+    result.note(
+        f"placed {count} orders with 12 client threads in {placed_for:.1f}s, {during} of them answered while "
+        f"RabbitMQ was cut ({cut_at:.1f}s to {cut_at + outage:.1f}s); answers {_statuses(attempts)}"
+    )
+    order_ids = {a.order_id for a in accepted if a.order_id is not None}
+
+    settled = run.settle(order_ids, timeout=30) if order_ids else True
+    drained = wait_until(lambda: not any(run.pending_outbox().values()), timeout=45, interval=0.5)
+    sampling.set()
+    sampler.join()
+    restored = timeline["restored"]
+    backlog = max((pending for at, pending in samples if at <= restored + 0.5), default=0)
+    # The backlog is gone once pending is back to what steady traffic keeps in flight (a few rows).
+    cleared = next((at - restored for at, pending in samples if at > restored and pending <= 5), None)
+    result.note(
+        f"outbox backlog at recovery: {backlog} events; back to steady state "
+        f"{'-' if cleared is None else f'{cleared:.1f}s'} after recovery; "
+        f"{'all drained' if drained else 'NOT drained'} {time.monotonic() - started - placed_for:.1f}s after "
+        f"the last order"
+    )
+
+    orders = run.orders_after(before)
+    confirmed = {oid for oid, order in orders.items() if order["status"] == "confirmed"}
+    events = run.confirmed_events(set(orders))
+
+    def all_mailed() -> bool:
+        return set(run.mails()) >= confirmed
+
+    mailed = wait_until(all_mailed, timeout=60, interval=0.5)
+    delivered = run.handled(events)
+    email_rows = run.sent_email_rows(events)
+    mails = run.mails()
+    mine = {oid: mails[oid] for oid in orders}
+    run.tap.drain()
+    published = {event_id: run.tap.seen[event_id] for event_id in events}
+    lost = sorted(confirmed - {oid for oid, n in mine.items() if n})
+    duplicates = sorted(oid for oid, n in mine.items() if n > 1)
+
+    result.figure("orders committed", len(orders))
+    result.figure("accepted by the API", len(accepted))
+    result.figure("confirmed", len(confirmed))
+    result.figure("order.confirmed recorded", len(events))
+    result.figure("order.confirmed published (incl. dup)", sum(published.values()))
+    result.figure("order.confirmed delivered", len(delivered))
+    result.figure("emails sent", sum(mine.values()))
+    result.figure("lost", len(lost))
+    result.figure("duplicate emails", len(duplicates))
+    result.figure("answered during the cut", during)
+    result.figure("outbox backlog", backlog)
+    result.figure("backlog cleared after (s)", None if cleared is None else round(cleared, 1))
+    result.check(len(accepted) == count, f"every order accepted by the API ({len(accepted)}/{count})")
+    result.check(len(orders) == len(order_ids), "orders committed = orders the clients were told about")
+    result.check(settled and len(confirmed) == len(orders), "every order confirmed")
+    result.check(len(events) == len(confirmed), "one order.confirmed recorded per confirmed order")
+    result.check(len(delivered) == len(events), "every order.confirmed delivered (user service's inbox)")
+    result.check(sum(email_rows.values()) == len(events), "one SentEmail row per order.confirmed")
+    result.check(mailed and not lost, f"0 lost emails {lost[:10] or ''}")
+    result.check(not duplicates, f"0 duplicate emails {duplicates[:10] or ''}")
+    result.check(backlog > 0, "events piled up in the outboxes while RabbitMQ was cut (the fault bit)")
+    result.check(cleared is not None and cleared < 30, "the backlog cleared within 30s of recovery")
+    result.check(drained, "every outbox drained to 0 pending")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 4: the relay killed between publish and mark-sent
+
+
+def scenario_4(run: Run, result: Result, rounds: int = 2) -> None:
+    name = "orders-relay"
+    if not run.system.has_process(name):
+        result.check(False, f"the launcher runs the order service's relay ({name})")
+        return
+    proxy = run.broker_proxies[name]  # the relay's own connection to RabbitMQ
+    before = run.max_order_id()
+    run.tap.drain()
+    kills = 0
+    caught_types: Counter[str] = Counter()
+    for number in range(1, rounds + 1):
+        # Quiet first: nothing due in the outbox, so the next publishes are this round's order's events.
+        wait_until(lambda: _due_outbox(run) == 0, timeout=20, interval=0.3)
+        since = proxy.acks_held
+        # order.created goes first; hold the confirm of the second publish, the order.confirmed.
+        proxy.hold_next_ack("down", skip=1)
+        attempt = place_order(run.api, run.customers[number % len(run.customers)], run.products[number % 5])
+        if not proxy.wait_for_held_ack(20, since=since):
+            result.note(f"round {number}: no publish caught within 20s (order {attempt.order_id} {attempt.status})")
+            proxy.restore()
+            continue
+        time.sleep(0.3)  # the message is on the broker; give the tap a moment
+        fresh = run.tap.drain()
+        unsent = _unsent(run, fresh)
+        run.system.kill(name)
+        kills += 1
+        proxy.cut()
+        proxy.restore()
+        run.system.restart(name)
+        for event_id in unsent:
+            caught_types[run.tap.types.get(event_id, "?")] += 1
+        result.note(
+            f"round {number}: order {attempt.order_id} placed; relay's publish confirmed by RabbitMQ but the "
+            f"confirm held; relay SIGKILLed with {len(unsent)} published-but-unmarked row(s) "
+            f"({', '.join(run.tap.types.get(e, '?') for e in unsent) or 'none'}); relay restarted"
+        )
+    order_ids = set(run.orders_after(before))
+    drained = wait_until(lambda: run.pending_outbox()["orders"] == 0, timeout=60, interval=0.5)
+    result.note(f"order outbox {'drained' if drained else 'NOT drained'} (claimed rows come back after their lease)")
+    orders = run.orders_after(before)
+    confirmed = {oid for oid, order in orders.items() if order["status"] == "confirmed"}
+    mailed = wait_until(lambda: set(run.mails()) >= confirmed, timeout=30, interval=0.5)
+    run.tap.drain()
+    wanted = {str(order_id) for order_id in order_ids}
+    scenario_events = {
+        event_id
+        for event_id, data in run.tap.data.items()
+        if run.tap.types[event_id].startswith("order.") and str(data.get("order_id")) in wanted
+    }
+    duplicate_publishes = run.tap.duplicates(scenario_events)
+    confirmed_events = run.confirmed_events(order_ids)
+    email_rows = run.sent_email_rows(confirmed_events)
+    mails = run.mails()
+    receipts = task_receipts(run.system.log_text("users-worker"), set(confirmed_events))
+    skipped = sum(max(n - 1, 0) for n in receipts.values())
+    result.figure("relay kills", kills)
+    result.figure("published-but-unmarked at kill", dict(caught_types))
+    result.figure("duplicate publishes", duplicate_publishes)
+    result.figure("deliveries absorbed by the inbox", skipped)
+    result.figure("confirmed orders", len(confirmed))
+    result.figure("emails", sum(mails[oid] for oid in order_ids))
+    result.figure("duplicate emails", sum(1 for oid in order_ids if mails[oid] > 1))
+    result.check(kills == rounds, f"the relay was killed between publish and mark-sent {rounds} times")
+    result.check(duplicate_publishes >= kills, f"duplicate publishes happened ({duplicate_publishes} >= {kills})")
+    result.check(drained, "the order outbox drained after the kills")
+    result.check(mailed and all(mails[oid] >= 1 for oid in confirmed), "every confirmed order got its email")
+    result.check(all(mails[oid] <= 1 for oid in order_ids), "0 duplicate emails (files)")
+    result.check(all(n == 1 for n in email_rows.values()), "0 duplicate SentEmail rows")
+
+
+def _due_outbox(run: Run) -> int:
+    return int(
+        run.infra.scalar(
+            "orders", "SELECT COUNT(*) FROM messaging_outboxevent WHERE sent_at IS NULL AND next_attempt_at <= now()"
+        )
+    )
+
+
+def _unsent(run: Run, event_ids: list[str]) -> list[str]:
+    if not event_ids:
+        return []
+    rows = run.infra.query(
+        "orders",
+        "SELECT id::text FROM messaging_outboxevent WHERE sent_at IS NULL AND id = ANY(%s::uuid[])",
+        (event_ids,),
+    )
+    return [row[0] for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 2: the consumer worker killed mid-task
+
+
+def confirmed_event_data(customer: Customer, order_id: int) -> dict[str, Any]:
+    """The data of an order.confirmed event as the order service writes it (for a made-up order id)."""
+    return {
+        "order_id": order_id,
+        "user_id": customer.user_id,
+        "total_amount": "12.50",
+        "currency": "USD",
+        "status": "confirmed",
+        "items": [
+            {
+                "product_id": 1,
+                "sku": "MUG-001",
+                "name": "Ceramic mug",
+                "quantity": 1,
+                "unit_price": "12.50",
+                "line_total": "12.50",
+            }
+        ],
+    }
+
+
+def scenario_2(run: Run, result: Result, per_round: int = 20, kills: int = 3) -> None:
+    name = "users-worker"
+    proxy = run.broker_proxies[name]
+    base = 900_000 + int(time.time()) % 10_000 * 10  # made-up order ids no real order has
+    events: dict[str, int] = {}
+
+    def publish(count: int) -> None:
+        for _ in range(count):
+            order_id = base + len(events)
+            customer = run.customers[len(events) % len(run.customers)]
+            events[run.publisher.publish("order.confirmed", confirmed_event_data(customer, order_id))] = order_id
+
+    def emailed() -> int:
+        mails = run.mails()
+        return sum(1 for order_id in events.values() if mails[order_id])
+
+    killed = 0
+    for number in range(1, kills + 1):
+        publish(per_round)
+        # After a restart the first deliveries are the interrupted ones (skipped by the inbox): wait until
+        # the worker sends new emails, so that the ack caught next is that of a task that had an effect.
+        progress = emailed()
+        wait_until(lambda progress=progress: emailed() >= progress + 2, timeout=30, interval=0.2)
+        since = proxy.acks_held
+        # The worker acknowledges after the task (acks_late): hold its next ack, so that the kill lands after
+        # that task's email was sent and recorded but before RabbitMQ knows; the other pool process is
+        # likely mid-task.
+        proxy.hold_next_ack("up")
+        if not proxy.wait_for_held_ack(30, since=since):
+            result.note(f"round {number}: no acknowledgement caught within 30s")
+            proxy.restore()
+            continue
+        time.sleep(0.1)
+        run.system.kill(name)
+        killed += 1
+        proxy.cut()
+        proxy.restore()
+        run.system.restart(name)
+        sent = emailed()
+        result.note(
+            f"round {number}: {per_round} more events published; an ack held back, the worker SIGKILLed "
+            f"(its process group) at {sent}/{len(events)} emails sent, then restarted"
+        )
+    publish(per_round)
+    result.note(f"{len(events)} order.confirmed events (made-up orders) published straight to the events exchange")
+    mailed = wait_until(lambda: all(run.mails()[oid] for oid in events.values()), timeout=60, interval=0.5)
+    time.sleep(1)  # a late duplicate, if any, would show now
+    mails = run.mails()
+    email_rows = run.sent_email_rows(events)
+    receipts = task_receipts(run.system.log_text(name), set(events))
+    redeliveries = sum(max(n - 1, 0) for n in receipts.values())
+    lost = [oid for oid in events.values() if not mails[oid]]
+    duplicates = [oid for oid in events.values() if mails[oid] > 1]
+    result.figure("events", len(events))
+    result.figure("worker kills", killed)
+    result.figure("redeliveries", redeliveries)
+    result.figure("emails", sum(mails[oid] for oid in events.values()))
+    result.figure("lost", len(lost))
+    result.figure("duplicates", len(duplicates))
+    result.check(killed == kills, f"the worker was killed mid-task {kills} times")
+    result.check(redeliveries >= killed, f"the interrupted tasks were delivered again ({redeliveries} >= {killed})")
+    result.check(mailed and not lost, f"0 lost {lost[:10] or ''}")
+    result.check(not duplicates and all(n == 1 for n in email_rows.values()), f"0 duplicates {duplicates[:10] or ''}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenario 3: a poison event
+
+
+def scenario_3(run: Run, result: Result, others: int = 20) -> None:
+    queue = "users.events"
+    poison = run.publisher.publish("order.confirmed", {"order_id": "not a number", "note": "no user_id: a KeyError"})
+    result.note(f"published a poison order.confirmed {poison} (no user_id: its handler raises every time)")
+    base = 950_000 + int(time.time()) % 10_000 * 10
+    good: dict[str, int] = {}
+    for index in range(others):
+        data = confirmed_event_data(run.customers[index % len(run.customers)], base + index)
+        good[run.publisher.publish("order.confirmed", data)] = base + index
+    result.note(f"then {others} good events behind it")
+
+    def dead() -> list[dict[str, Any]]:
+        return [letter for letter in dead_letters(run.publisher_url, queue) if letter["event"].get("id") == poison]
+
+    flowed = wait_until(lambda: all(run.mails()[oid] for oid in good.values()), timeout=30, interval=0.5)
+    dead_lettered = wait_until(lambda: bool(dead()), timeout=40, interval=0.5)
+    time.sleep(3)  # anything that would still try it again would have done so by now
+    letters = dead()
+    attempts = task_receipts(run.system.log_text("users-worker"), {poison})[poison]
+    result.note(f"the worker took it {attempts} times; {len(letters)} dead letter(s) in {queue}.dead")
+    result.figure("attempts", attempts)
+    result.figure("dead letters", len(letters))
+    result.figure("attempts recorded", letters[0].get("attempts") if letters else None)
+    result.figure("other events emailed", sum(1 for oid in good.values() if run.mails()[oid]))
+    result.check(flowed, f"the {others} other events kept flowing (all emailed)")
+    result.check(dead_lettered and len(letters) == 1, "exactly one dead letter")
+    result.check(attempts == MAX_ATTEMPTS, f"exactly EVENT_MAX_ATTEMPTS={MAX_ATTEMPTS} attempts (worker log)")
+    result.check(bool(letters) and letters[0].get("attempts") == MAX_ATTEMPTS, "the dead letter records N attempts")
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+SCENARIOS: dict[int, tuple[str, Callable[..., None]]] = {
+    6: ("10 concurrent requests, one Idempotency-Key", scenario_6),
+    5: ("payment service down, then slow", scenario_5),
+    1: ("RabbitMQ cut for 10 s during orders", scenario_1),
+    4: ("relay killed between publish and mark-sent", scenario_4),
+    2: ("consumer worker SIGKILLed mid-task", scenario_2),
+    3: ("a poison event", scenario_3),
+}
+
+
+def print_summary(results: list[Result]) -> None:
+    print("\n" + "=" * 100)
+    print(f"{'#':<3}{'scenario':<46}{'result':<8}{'time':>7}  figures")
+    print("-" * 100)
+    for result in results:
+        figures = ", ".join(f"{name}={value}" for name, value in result.figures.items())
+        verdict = "PASS" if result.passed else "FAIL"
+        print(f"{result.number:<3}{result.title:<46}{verdict:<8}{result.seconds:>6.0f}s  {figures}")
+        for failure in result.failures:
+            print(f"{'':<11}failed: {failure}")
+    print("=" * 100)
+    failed = [r.number for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed" + (f" (scenarios {failed})" if failed else ""))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="6,5,1,4,2,3", help="scenarios to run, in this order (default: all)")
+    parser.add_argument("--orders", type=int, default=300, help="orders placed in scenario 1")
+    parser.add_argument("--customers", type=int, default=4, help="customers signed up (passwords are slow)")
+    parser.add_argument("--time-limit", type=float, default=540, help="seconds before the watchdog stops the run")
+    parser.add_argument("--keep", action="store_true", help="keep the run's var/ folder (logs, emails)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    chosen = [int(part) for part in args.only.split(",") if part.strip()]
+    unknown = [number for number in chosen if number not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenarios {unknown}; choose from {sorted(SCENARIOS)}", file=sys.stderr)
+        return 2
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    watchdog = threading.Timer(args.time_limit, _thread.interrupt_main)
+    watchdog.daemon = True
+    watchdog.start()
+
+    var_dir = Path(tempfile.mkdtemp(prefix="shop-faults-"))
+    started = time.monotonic()
+    run: Run | None = None
+    results: list[Result] = []
+    exit_code = 1
+    try:
+        run = build(args, var_dir)
+        launch(run, args)
+        for number in chosen:
+            results.append(run_scenario(run, number, args))
+        print_summary(results)
+        exit_code = 0 if results and all(result.passed for result in results) else 1
+    except KeyboardInterrupt:
+        log(f"interrupted after {time.monotonic() - started:.0f}s (time limit {args.time_limit:.0f}s or Ctrl-C)")
+        if results:
+            print_summary(results)
+    except (Failure, manage_all.LaunchError) as error:
+        log(f"could not run: {error}")
+    finally:
+        watchdog.cancel()
+        if run is not None:
+            log("stopping everything this run started")
+            stop(run)
+        if exit_code == 0 and not args.keep:
+            shutil.rmtree(var_dir, ignore_errors=True)
+        else:
+            log(f"logs and emails kept in {var_dir}")
+        log(f"done in {time.monotonic() - started:.0f}s")
+    return exit_code
+
+
+def run_scenario(run: Run, number: int, args: argparse.Namespace) -> Result:
+    title, scenario = SCENARIOS[number]
+    result = Result(number=number, title=title)
+    log(f"scenario {number}: {title}")
+    begun = time.monotonic()
+    try:
+        if number == 1:
+            scenario(run, result, args.orders)
+        else:
+            scenario(run, result)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # a harness or system error ends this scenario, not the run
+        traceback.print_exc()
+        result.check(False, f"the scenario ran to its end ({type(error).__name__}: {error})")
+    finally:
+        for proxy in run.proxies:
+            proxy.restore()
+        for process in list(run.system.processes):  # a scenario that died mid-kill leaves nothing down
+            if process.popen.poll() is not None and process.name not in manage_all.SERVICES_BY_NAME:
+                log(f"  {process.name} is not running (exit {process.popen.returncode}); restarting it")
+                run.system.restart(process.name)
+    result.seconds = time.monotonic() - begun
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
