@@ -94,6 +94,12 @@ def broker_url() -> str:
     return config("BROKER_URL", default="filesystem://localhost/")
 
 
+def broker_transport(url: str) -> str | None:
+    """Celery's ``broker_transport``: for the filesystem broker, ours (:mod:`common.broker`, whose messages
+    appear whole), else None (the URL's scheme decides)."""
+    return "common.broker:FilesystemTransport" if url.startswith("filesystem:") else None
+
+
 def broker_transport_options(url: str, *, var: Path) -> dict[str, Any]:
     """Transport options for the Celery broker.
 

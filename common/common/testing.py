@@ -15,8 +15,9 @@ from django.test.utils import override_settings
 from kombu import Connection, Queue, binding, pools
 from kombu.transport.filesystem import Transport as FilesystemTransport
 
-from common.events import EVENTS_EXCHANGE
+from common.events import EVENTS_EXCHANGE, has_outbox
 from common.internal_auth import HEADER, mint_assertion
+from common.outbox import relay_pending
 
 
 def assertion_headers(
@@ -49,6 +50,7 @@ class EventBroker:
 
     # A host in the URL spares kombu's "No hostname was supplied" warning; the transport ignores it.
     url = "filesystem://localhost/"
+    transport = "common.broker:FilesystemTransport"
 
     def __init__(self, root: Path, celery_app: Celery) -> None:
         self.celery_app = celery_app
@@ -61,16 +63,19 @@ class EventBroker:
             "store_processed": False,
             "polling_interval": 0.05,
         }
-        self._saved_conf: tuple[Any, Any] | None = None
+        self._saved_conf: tuple[Any, Any, Any] | None = None
         # Whatever reads the broker from Django's settings (the health check) sees this broker too.
         self._settings = override_settings(
-            CELERY_BROKER_URL=self.url, CELERY_BROKER_TRANSPORT_OPTIONS=self.transport_options
+            CELERY_BROKER_URL=self.url,
+            CELERY_BROKER_TRANSPORT=self.transport,
+            CELERY_BROKER_TRANSPORT_OPTIONS=self.transport_options,
         )
 
     def start(self) -> None:
         conf = self.celery_app.conf
-        self._saved_conf = (conf.broker_url, conf.broker_transport_options)
+        self._saved_conf = (conf.broker_url, conf.broker_transport, conf.broker_transport_options)
         conf.broker_url = self.url
+        conf.broker_transport = self.transport
         conf.broker_transport_options = self.transport_options
         self._settings.enable()
         self._forget_connections()
@@ -80,7 +85,7 @@ class EventBroker:
             return
         self._settings.disable()
         conf = self.celery_app.conf
-        conf.broker_url, conf.broker_transport_options = self._saved_conf
+        conf.broker_url, conf.broker_transport, conf.broker_transport_options = self._saved_conf
         self._saved_conf = None
         self._forget_connections()
 
@@ -94,11 +99,13 @@ class EventBroker:
         self.stop()
 
     def connection(self) -> Connection:
-        return Connection(self.url, transport_options=self.transport_options)
+        return Connection(self.url, transport=self.transport, transport_options=self.transport_options)
 
     def subscribe(self, routing_key: str = "#") -> Callable[[], list[PublishedEvent]]:
         """Bind a new queue to the events exchange for ``routing_key`` (as a consuming service binds its
-        own); the returned function drains it, giving what arrived since in the order it was published."""
+        own); the returned function relays the service's outbox (as ``relay_outbox`` would, so call it after
+        the transaction has committed or within the test's own) and drains the queue, giving what arrived
+        since in the order it was published."""
         # A fresh name each time: the transport remembers declared bindings process-wide, and would skip
         # recording an already known one in this broker's control folder.
         queue = Queue(f"test.{uuid.uuid4().hex}", [binding(EVENTS_EXCHANGE, routing_key=routing_key)])
@@ -106,6 +113,7 @@ class EventBroker:
             queue(connection.default_channel).declare()
 
         def drain() -> list[PublishedEvent]:
+            self.relay()
             received = []
             with self.connection() as connection:
                 bound = queue(connection.default_channel)
@@ -123,6 +131,12 @@ class EventBroker:
             return sorted(received, key=lambda published: published.event["occurred_at"])
 
         return drain
+
+    def relay(self) -> int:
+        """Send what the service's outbox holds to this broker now; the number of events sent."""
+        if not has_outbox():
+            return 0
+        return relay_pending()
 
     def _forget_connections(self) -> None:
         # Connections and producers made before the switch would keep publishing to the other broker.
