@@ -5,9 +5,9 @@ Standard library only at the top, so it runs on a bare Python 3.11+: on first us
 installs the pinned requirements into it and re-executes itself there. It is a thin launcher over each
 project's own ``manage.py``, gunicorn and Celery; it imports no service code.
 
-    up [--detach]        prepare databases and broker, start every service and worker, wait until healthy
+    up [--detach]        prepare databases and broker, start every service, worker and outbox relay, wait until healthy
     down                 stop what ``up --detach`` started
-    status               one line per service and worker, with its health
+    status               one line per service, worker and relay, with its health
     test [pytest args]   every project's suite in its own process, then the cross-service tests in tests/
     manage SERVICE ARGS  pass ARGS to that service's manage.py (SERVICE: gateway, users, orders, payments)
     createsuperuser      create the same admin account in every service's database
@@ -56,6 +56,10 @@ class Service:
     health_path: str
     prepare: tuple[tuple[str, ...], ...]
     worker_queues: tuple[str, ...] = ()
+    # Publishes events: the launcher runs its outbox relay (manage.py relay_outbox) beside it.
+    relays_outbox: bool = False
+    # Long-running manage.py commands run beside the service, each as process "<service>-<command>".
+    loops: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -85,6 +89,7 @@ SERVICES: tuple[Service, ...] = (
         health_path="/health/",
         prepare=(("migrate", "--noinput"), ("setup_broker",)),
         worker_queues=("users.events",),
+        relays_outbox=True,
     ),
     Service(
         name="orders",
@@ -96,6 +101,8 @@ SERVICES: tuple[Service, ...] = (
         url_env="ORDER_SERVICE_URL",
         health_path="/health/",
         prepare=(("migrate", "--noinput"), ("setup_broker",), ("load_demo_catalog",)),
+        relays_outbox=True,
+        loops=("saga_sweeper",),  # finishes orders the payment service could not settle in time
     ),
     Service(
         name="payments",
@@ -107,6 +114,7 @@ SERVICES: tuple[Service, ...] = (
         url_env="PAYMENT_SERVICE_URL",
         health_path="/health/",
         prepare=(("migrate", "--noinput"), ("setup_broker",)),
+        relays_outbox=True,
     ),
 )
 SERVICES_BY_NAME = {service.name: service for service in SERVICES}
@@ -278,6 +286,10 @@ class System:
             self._spawn(service.name, service, self.web_command(service), log_dir)
             if service.worker_queues:
                 self._spawn(f"{service.name}-worker", service, self.worker_command(service), log_dir)
+            if service.relays_outbox:
+                self._spawn(f"{service.name}-relay", service, self.manage_command("relay_outbox"), log_dir)
+            for loop in service.loops:
+                self._spawn(f"{service.name}-{loop}", service, self.manage_command(loop), log_dir)
 
     def _spawn(self, name: str, service: Service, command: list[str], log_dir: Path | None) -> None:
         def popen(output: IO[bytes] | int) -> subprocess.Popen[bytes]:
@@ -454,6 +466,10 @@ def process_names() -> Iterator[str]:
         yield service.name
         if service.worker_queues:
             yield f"{service.name}-worker"
+        if service.relays_outbox:
+            yield f"{service.name}-relay"
+        for loop in service.loops:
+            yield f"{service.name}-{loop}"
 
 
 def start_log_streamers(system: System) -> list[threading.Thread]:
@@ -477,11 +493,11 @@ def print_urls(system: System) -> None:
     gateway = system.url("gateway")
     lines = [
         "the shop is up:",
-        f"  API              {gateway}/api/v1/   (try: curl {gateway}/api/v1/products/)",
-        f"  health           {gateway}/health",
+        f"  API              {gateway}/api/v1/   (try: curl {gateway}/api/v2/products/)",
+        f"  health, metrics  {gateway}/health  {gateway}/metrics",
         f"  admin            {gateway}/admin/  {gateway}/admin/users/  {gateway}/admin/orders/  "
         f"{gateway}/admin/payments/",
-        f"  API docs         {gateway}/api/docs/users/  {gateway}/api/docs/orders/  {gateway}/api/docs/payments/",
+        f"  API docs         {gateway}/api/docs/",
         f"  emails           {system.var_dir / 'mail'}/",
         "  admin account    python3 manage_all.py createsuperuser",
     ]
@@ -522,6 +538,17 @@ def command_status(args: argparse.Namespace) -> int:
             all_ok &= alive
             state = "running" if alive else "down"
             print(f"{service.name + '-worker':<16} {state:<10} {'queues ' + ','.join(service.worker_queues):<24}")
+        if service.relays_outbox:
+            relay_pid = pids.get(f"{service.name}-relay")
+            alive = bool(relay_pid and pid_alive(relay_pid))
+            all_ok &= alive
+            state = "running" if alive else "down"
+            print(f"{service.name + '-relay':<16} {state:<10} {'outbox -> events':<24}")
+        for loop in service.loops:
+            loop_pid = pids.get(f"{service.name}-{loop}")
+            alive = bool(loop_pid and pid_alive(loop_pid))
+            all_ok &= alive
+            print(f"{service.name + '-' + loop:<16} {'running' if alive else 'down':<10} {'manage.py ' + loop:<24}")
     return 0 if all_ok else 1
 
 

@@ -62,7 +62,7 @@ def purge_event_queues(broker_url: str) -> None:
 
     with Connection(broker_url) as connection:
         for service in manage_all.SERVICES:
-            for queue in service.worker_queues:
+            for queue in (*service.worker_queues, *(f"{name}.dead" for name in service.worker_queues)):
                 # A channel each: RabbitMQ closes the channel of a purge that fails (queue not declared yet).
                 with contextlib.suppress(Exception), connection.channel() as channel:
                     channel.queue_purge(queue)
@@ -84,6 +84,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manage_all.Syst
     if env.get("BROKER_URL", "").startswith("amqp"):
         purge_event_queues(env["BROKER_URL"])
     env["LOGIN_RATE"] = "1000/min"  # the journey signs in many times from one address
+    env.setdefault("RATE_LIMIT_LOGIN", "1000/minute")  # the gateway's per-address limit on sign-in, likewise
+    env["RATE_LIMIT_KEY_PREFIX"] = f"e2e-{uuid.uuid4().hex}:ratelimit"  # no quota spent by an earlier run
+    # Key rotation is tested end to end (test_attacks_auth.py): keys cached briefly, so a retired key goes
+    # within seconds, and a rotated-in key published for longer than the refresh interval before it signs.
+    env["JWKS_CACHE_TTL"] = "2"
+    env["JWKS_MIN_REFRESH_INTERVAL"] = "1"
 
     system = manage_all.System(
         var_dir=tmp_path_factory.mktemp("var"),
