@@ -9,6 +9,7 @@ class SentEmail(models.Model):
     class Kind(models.TextChoices):
         WELCOME = "welcome", "Welcome"
         ORDER_CONFIRMATION = "order_confirmation", "Order confirmation"
+        ORDER_CANCELLATION = "order_cancellation", "Order cancellation"
 
     event_id = models.UUIDField()
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -80,6 +80,40 @@ def order_confirmation_email_send(*, event_id: str, order: dict[str, Any]) -> Se
     )
 
 
+# Why an order was cancelled, as the customer reads it (the ``reason`` of an ``order.cancelled`` event).
+CANCELLATION_REASONS = {
+    "customer_cancelled": "You cancelled it.",
+    "payment_declined": "The payment was declined.",
+    "invalid_payment_method": "The payment method was not accepted.",
+}
+
+
+def order_cancellation_email_send(*, event_id: str, order: dict[str, Any]) -> SentEmail | None:
+    """``order`` is the data of an ``order.cancelled`` event: the order plus ``reason`` and ``refunded``."""
+    user = _recipient(user_id=int(order["user_id"]), event_id=event_id)
+    if user is None:
+        return None
+    order_id = int(order["order_id"])
+    reason = order.get("reason") or ""
+    return email_send_for_event(
+        event_id=event_id,
+        kind=SentEmail.Kind.ORDER_CANCELLATION,
+        user=user,
+        subject=f"Your order #{order_id} is cancelled",
+        body=render_to_string(
+            "notifications/order_cancellation.txt",
+            {
+                "user": user,
+                "order_id": order_id,
+                "reason": CANCELLATION_REASONS.get(reason, "It could not be completed."),
+                "refunded": bool(order.get("refunded")),
+                "total_amount": order["total_amount"],
+                "currency": order["currency"],
+            },
+        ),
+    )
+
+
 def _recipient(*, user_id: int, event_id: str) -> User | None:
     user = User.objects.filter(pk=user_id).first()
     if user is None:

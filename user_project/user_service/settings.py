@@ -168,6 +168,7 @@ DEFAULT_FROM_EMAIL = config("DEFAULT_FROM_EMAIL", default="Shop <no-reply@shop.l
 EVENT_HANDLERS = {
     "user.created": "notifications.handlers.on_user_created",
     "order.confirmed": "notifications.handlers.on_order_confirmed",
+    "order.cancelled": "notifications.handlers.on_order_cancelled",
 }
 
 # Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the

@@ -52,3 +52,15 @@ def order_confirmed(customer: User) -> Event:
             ],
         },
     )
+
+
+@pytest.fixture
+def order_cancelled_refunded(order_confirmed: Event) -> Event:
+    data = {**order_confirmed.data, "status": "cancelled", "reason": "customer_cancelled", "refunded": True}
+    return Event(type="order.cancelled", source="orders", data={**data, "failure_code": None})
+
+
+@pytest.fixture
+def order_cancelled_declined(order_confirmed: Event) -> Event:
+    data = {**order_confirmed.data, "status": "cancelled", "reason": "payment_declined", "refunded": False}
+    return Event(type="order.cancelled", source="orders", data={**data, "failure_code": "card_declined"})

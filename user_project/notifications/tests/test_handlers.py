@@ -7,7 +7,7 @@ from django.core.mail import EmailMessage
 
 from common.events import Event
 from common.tasks import handle_event
-from notifications.handlers import on_order_confirmed, on_user_created
+from notifications.handlers import on_order_cancelled, on_order_confirmed, on_user_created
 from notifications.models import SentEmail
 from users.models import User
 
@@ -130,3 +130,45 @@ def test_events_handle_task_ignores_event_types_without_handler(mailoutbox: list
 
     assert result.successful()
     assert mailoutbox == []
+
+
+def test_a_refunded_cancellation_tells_the_customer_the_amount_refunded(
+    order_cancelled_refunded: Event, mailoutbox: list[EmailMessage]
+) -> None:
+    on_order_cancelled(order_cancelled_refunded)
+
+    [email] = mailoutbox
+    assert email.to == ["ann@example.com"]
+    assert email.subject == "Your order #42 is cancelled"
+    assert "You cancelled it." in email.body
+    assert "We refunded the 49.97 USD you paid" in email.body
+    assert SentEmail.objects.get().kind == SentEmail.Kind.ORDER_CANCELLATION
+
+
+def test_a_declined_order_is_cancelled_with_nothing_charged(
+    order_cancelled_declined: Event, mailoutbox: list[EmailMessage]
+) -> None:
+    on_order_cancelled(order_cancelled_declined)
+
+    [email] = mailoutbox
+    assert "The payment was declined." in email.body
+    assert "Nothing was charged." in email.body
+    assert "refunded" not in email.body
+
+
+def test_a_redelivered_cancellation_sends_nothing_more(
+    order_cancelled_refunded: Event, mailoutbox: list[EmailMessage]
+) -> None:
+    on_order_cancelled(order_cancelled_refunded)
+    on_order_cancelled(order_cancelled_refunded)
+
+    assert len(mailoutbox) == 1
+
+
+def test_a_cancellation_and_a_confirmation_of_one_order_are_two_emails(
+    order_confirmed: Event, order_cancelled_refunded: Event, mailoutbox: list[EmailMessage]
+) -> None:
+    on_order_confirmed(order_confirmed)
+    on_order_cancelled(order_cancelled_refunded)
+
+    assert [email.subject for email in mailoutbox] == ["Your order #42 is confirmed", "Your order #42 is cancelled"]
