@@ -93,6 +93,8 @@ RUN_SETTINGS = {
     "ORDER_SAGA_RETRY_BASE_SECONDS": "0.5",
     "ORDER_SAGA_RETRY_MAX_SECONDS": "2",
     "ORDER_SAGA_SWEEP_INTERVAL": "1",
+    # A killed relay's claimed rows come back after this (scenario 4 waits for it); 30 s by default.
+    "OUTBOX_LEASE_SECONDS": "5",
     "OUTBOX_RETRY_BACKOFF": "0.2",
     "OUTBOX_RETRY_BACKOFF_MAX": "2",
     "EVENT_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
