@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
 
 from common.request_id import HEADER, get_request_id
+from common.tracing import current_trace_id
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,15 @@ class UpstreamError(ApplicationError):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details if details is not None else {}}}
+    error: dict[str, Any] = {"code": code, "message": message, "details": details if details is not None else {}}
+    # What a user quotes to support and what `manage_all.py trace` takes. Only inside a trace (every served
+    # request once tracing is configured, see common.tracing): the request id alone is already in the
+    # X-Request-ID header of every answer.
+    trace_id = current_trace_id()
+    if trace_id:
+        error["request_id"] = get_request_id()
+        error["trace_id"] = trace_id
+    return {"error": error}
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> JsonResponse:

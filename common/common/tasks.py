@@ -16,17 +16,20 @@ quorum queues' ``x-delivery-limit`` would bound that, at the price of queue argu
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import Reject
 from django.conf import settings
 from django.utils.module_loading import import_string
+from opentelemetry.trace import SpanKind
 
 from common.dead_letters import dead_letter_send
 from common.events import HANDLE_TASK_NAME, Event, own_event_queue_name
 from common.inbox import handle_once
 from common.request_id import current_or_new_request_id, reset_request_id, set_request_id
+from common.tracing import continued_from, in_trace_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +59,13 @@ def handle_event(self: Any, event: dict[str, Any]) -> None:
         return
     parsed = Event.from_message(event)
     token = set_request_id(parsed.request_id or current_or_new_request_id())
+    # Celery's instrumentation has already continued the trace from the message headers; an event that
+    # arrives without them (re-driven from a dead-letter queue, published by hand) continues from the
+    # trace context the outbox stored with it.
+    carrier = {} if in_trace_of(parsed.trace_context) else parsed.trace_context
     try:
-        handle_once(parsed, import_string(handler_path))
+        with continued_from(carrier, f"handle {parsed.type}", kind=SpanKind.INTERNAL) if carrier else nullcontext():
+            handle_once(parsed, import_string(handler_path))
     except Exception as exc:
         attempt = self.request.retries + 1
         queue = own_event_queue_name()

@@ -5,9 +5,11 @@ import signal
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from common.outbox import relay_pending, run_relay
+from common.tracing import configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ class Command(BaseCommand):
         if options["once"]:
             self.stdout.write(f"sent {relay_pending()} events")
             return
+        configure_tracing(settings.SERVICE_NAME)  # the long-running relay only, not --once
         stop = threading.Event()
 
         def request_stop(signum: int, frame: Any) -> None:

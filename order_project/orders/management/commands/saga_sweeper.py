@@ -10,7 +10,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError, close_old_connections
+from opentelemetry import trace
 
+from common.tracing import configure_tracing
 from orders import saga
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class Command(BaseCommand):
         if options["once"]:
             self.stdout.write(f"saga_sweeper: looked at {saga.sweep()} order(s).")
             return
+        configure_tracing(settings.SERVICE_NAME)  # the long-running loop only, not --once
+        tracer = trace.get_tracer(__name__)
         stop = threading.Event()
 
         def request_stop(signum: int, frame: Any) -> None:
@@ -39,7 +43,9 @@ class Command(BaseCommand):
         logger.info("order saga sweeper started")
         while not stop.is_set():
             try:
-                saga.sweep()
+                # One trace per sweep: its payment calls and database work, under one root.
+                with tracer.start_as_current_span("saga sweep"):
+                    saga.sweep()
             except DatabaseError:
                 # The database briefly unreachable: drop the broken connection and try again next round.
                 logger.exception("order saga sweep failed; retrying")
