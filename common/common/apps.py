@@ -8,4 +8,7 @@ class CommonConfig(AppConfig):
     verbose_name = "Shared infrastructure"
 
     def ready(self) -> None:
-        from common import schema  # noqa: F401  registers the OpenAPI description of the service assertion
+        from common import (
+            metrics,  # noqa: F401  connects the Celery task metrics (signals) in every worker
+            schema,  # noqa: F401  registers the OpenAPI description of the service assertion
+        )

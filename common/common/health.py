@@ -83,6 +83,16 @@ class DeadLetters(HealthCheck):
         self.stats = {"dead_letters": counts}
 
 
+@dataclasses.dataclass
+class Live(HealthCheck):
+    """Liveness: the process answers HTTP. It checks no dependency on purpose: a database or broker outage
+    must make the instance not ready (taken out of balancing), not dead (restarted), since a restart
+    cures neither."""
+
+    def run(self) -> None:
+        return None
+
+
 class ServiceHealthView(HealthCheckView):
     """django-health-check's view, with JSON keyed by plain check names (``database``, ``cache``,
     ``broker``) rather than the checks' Python reprs, so monitors and the gateway's /health can rely on
@@ -113,3 +123,7 @@ SERVICE_CHECKS = (
     "common.health.Outbox",
     "common.health.DeadLetters",
 )
+# Readiness: what a request needs to succeed (``/health/ready/``, and ``/health/`` for the launcher and the
+# gateway's balancer, which check it).
+READY_CHECKS = SERVICE_CHECKS
+LIVE_CHECKS = ("common.health.Live",)

@@ -66,5 +66,8 @@ class RequestIdMiddleware:
 
 class RequestIdLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = get_request_id()
+        # A record may name its request itself (extra={"request_id": ...}): logged after the request's context
+        # ended, as the gateway's access line of a streamed response is.
+        if not getattr(record, "request_id", None) or get_request_id() != "-":
+            record.request_id = get_request_id()
         return True

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "common.metrics.MetricsMiddleware",
     "common.request_id.RequestIdMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]

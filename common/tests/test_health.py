@@ -116,3 +116,51 @@ def test_health_view_shows_the_event_figures_beside_the_checks(event_broker: Eve
             "dead_letters": {"test.events": 0},
         },
     }
+
+
+# Liveness and readiness (as common.urls.service_urls wires them)
+
+
+def get_health(path: str) -> tuple[int, dict[str, Any]]:
+    from django.test import Client
+
+    response = Client().get(path, headers={"Accept": "application/json"})
+    return response.status_code, json.loads(response.content)
+
+
+@pytest.mark.django_db(transaction=True)  # the checks run in threads of their own, with their own connections
+def test_ready_and_live_pass_when_the_dependencies_are_up(event_broker: EventBroker) -> None:
+    assert get_health("/health/ready/")[0] == 200
+    assert get_health("/health/live/") == (200, {"live": "ok"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ready_fails_and_live_passes_when_the_broker_is_unreachable() -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{closed_port()}//"
+
+    with override_settings(CELERY_BROKER_URL=url, CELERY_BROKER_TRANSPORT_OPTIONS={"confirm_publish": True}):
+        ready_status, ready = get_health("/health/ready/")
+        live = get_health("/health/live/")
+
+    assert ready_status == 500
+    assert ready["broker"] == "Unavailable: Broker unreachable"
+    assert ready["database"] == "ok"
+    assert live == (200, {"live": "ok"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ready_fails_and_live_passes_when_the_database_is_unusable(
+    event_broker: EventBroker, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connections
+
+    # The checks' threads open new connections from these settings: a file that cannot be created.
+    monkeypatch.setitem(connections.settings["default"], "NAME", str(tmp_path / "missing" / "db.sqlite3"))
+
+    ready_status, ready = get_health("/health/ready/")
+    live = get_health("/health/live/")
+
+    assert ready_status == 500
+    assert ready["database"] != "ok"
+    assert ready["broker"] == "ok"
+    assert live == (200, {"live": "ok"})

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -7,7 +8,9 @@ import pytest
 from django.test import Client
 
 from common import request_id
+from common.logs import JsonFormatter
 from common.settings import logging_config
+from common.tracing import TraceIdLogFilter
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
 
@@ -101,9 +104,20 @@ def test_logging_config_lines_name_the_service_and_the_request() -> None:
     config = logging_config(service="orders", level="INFO")
     record = logging.LogRecord("orders.services", logging.INFO, __file__, 1, "order %s confirmed", (42,), None)
     request_id.RequestIdLogFilter().filter(record)  # outside any request
+    TraceIdLogFilter().filter(record)  # and outside any trace
 
-    line = logging.Formatter(config["formatters"]["plain"]["format"]).format(record)
+    line = JsonFormatter(service=config["formatters"]["json"]["service"]).format(record)
 
     assert config["filters"]["request_id"]["()"] == "common.request_id.RequestIdLogFilter"
-    assert config["handlers"]["console"]["filters"] == ["request_id"]
-    assert line.endswith(" INFO orders [-] orders.services: order 42 confirmed")
+    assert config["filters"]["trace_id"]["()"] == "common.tracing.TraceIdLogFilter"
+    assert config["handlers"]["console"]["filters"] == ["request_id", "trace_id"]
+    assert config["formatters"]["json"]["()"] == "common.logs.JsonFormatter"
+    assert json.loads(line) | {"time": None} == {
+        "time": None,
+        "service": "orders",
+        "level": "INFO",
+        "logger": "orders.services",
+        "message": "order 42 confirmed",
+        "request_id": "",
+        "trace_id": "",
+    }

@@ -1,5 +1,7 @@
 from django.urls import path
 
+from common.health import LIVE_CHECKS, READY_CHECKS, ServiceHealthView
+from common.metrics import metrics_view
 from tests import views
 
 urlpatterns = [
@@ -10,6 +12,11 @@ urlpatterns = [
     path("api/fail/<slug:kind>/", views.FailingApi.as_view()),
     path("request-id/", views.request_id_view),
     path("crash/", views.crash_view),
+    path("things/<int:pk>/", lambda request, pk: views.request_id_view(request), name="thing-detail"),
+    # As common.urls.service_urls wires them in every service.
+    path("health/live/", ServiceHealthView.as_view(checks=LIVE_CHECKS)),
+    path("health/ready/", ServiceHealthView.as_view(checks=READY_CHECKS)),
+    path("metrics", metrics_view),
 ]
 
 handler400 = "common.errors.handler400"

@@ -11,19 +11,17 @@ Never logged: the token, the query string (it may carry secrets), any header or 
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 
 from common.errors import error_response
+from common.metrics import metrics_allowed
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
 from proxy import metrics
@@ -134,12 +132,12 @@ def _log_and_count(
     )
     if not access_logger.isEnabledFor(logging.INFO):
         return
+    # The formatter (common.logs) adds time, service ("gateway"), level, logger, message and trace id.
     entry: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "request_id": request_id,
         "method": request.method,
         "route": label,
-        "service": service,
+        "upstream_service": service,
         "upstream": getattr(request, "gateway_upstream", None) or service,
         "status": status,
         "duration_ms": round(duration * 1000, 2),
@@ -149,31 +147,11 @@ def _log_and_count(
     }
     if error_code is not None:
         entry["error"] = error_code
-    access_logger.info(json.dumps(entry, separators=(",", ":")))
+    # The request id is given explicitly: a streamed body is logged after the request's context has ended.
+    access_logger.info("%s %s %s", request.method, label, status, extra={"fields": entry, "request_id": request_id})
 
 
-# /metrics
-
-
-@functools.lru_cache(maxsize=4)
-def _networks(values: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values if value.strip())
-
-
-def metrics_allowed(request: HttpRequest) -> bool:
-    """Only the socket's peer address counts, never a header. A request that came through a proxy (it
-    carries forwarding headers) is refused even from an allowed address: a reverse proxy on the same host
-    would otherwise make every public request look local."""
-    meta = request.META
-    if "HTTP_X_FORWARDED_FOR" in meta or "HTTP_FORWARDED" in meta or "HTTP_X_REAL_IP" in meta:
-        return False
-    try:
-        address = ipaddress.ip_address(meta.get("REMOTE_ADDR", "").split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_NETWORKS)))
+# /metrics: the address guard is shared with the services (common.metrics.metrics_allowed)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponseBase:

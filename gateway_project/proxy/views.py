@@ -233,6 +233,22 @@ def health_view(request: HttpRequest) -> JsonResponse:
     return response
 
 
+def live_view(request: HttpRequest) -> JsonResponse:
+    """Liveness: this process answers; no dependency is checked (an outage is not cured by a restart)."""
+    response = JsonResponse({"status": "ok"})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def ready_view(request: HttpRequest) -> JsonResponse:
+    """Readiness of the gateway itself: its database. The services' state is /health's (they have their own
+    readiness), and the rate-limit store is not counted: fail-open routes keep serving without it."""
+    own = _own_health()
+    response = JsonResponse(own, status=200 if own["status"] == "ok" else 503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 def _own_health() -> dict[str, Any]:
     try:
         with connection.cursor() as cursor:
