@@ -35,6 +35,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from configcenter import runtime as runtime_config
+
 logger = logging.getLogger(__name__)
 
 CLOSED = "closed"
@@ -117,8 +119,8 @@ class Breaker:
         self, service: str, *, failures: int, reset_timeout: float, probes: int, shared: SharedStates | None
     ) -> None:
         self.service = service
-        self._max_failures = failures
-        self._reset_timeout = reset_timeout
+        self._default_failures = failures  # the settings' values, when the config center has none
+        self._default_reset_timeout = reset_timeout
         self._max_probes = probes
         self._shared = shared
         self._lock = threading.Lock()
@@ -126,6 +128,16 @@ class Breaker:
         self._failures = 0
         self._changed_at = 0.0  # wall-clock time, comparable across processes
         self._probes = 0
+
+    # Read through the config center on each use (an in-memory lookup), so a saved version applies to
+    # the breakers that already exist, without a restart.
+    @property
+    def _max_failures(self) -> int:
+        return int(runtime_config.value("breaker.failures") or self._default_failures)
+
+    @property
+    def _reset_timeout(self) -> float:
+        return float(runtime_config.value("breaker.reset_timeout") or self._default_reset_timeout)
 
     @property
     def state(self) -> str:

@@ -47,6 +47,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from common.errors import ApplicationError
+from configcenter import runtime as runtime_config
 from proxy.client_address import client_address, rate_limit_identity
 from proxy.ratelimit_storage import SQLiteStorage
 from proxy.routes import RATE_LIMIT_POLICIES, Route
@@ -98,7 +99,8 @@ def consume(request: HttpRequest, route: Route, *, user_id: int | None) -> Quota
     if route.rate_limit is None:
         return None
     policy = RATE_LIMIT_POLICIES[route.rate_limit]
-    item = _rate(getattr(settings, policy.rate_setting))
+    # The config center's rate for this policy if it has one (an in-memory lookup), else the setting.
+    item = _rate(runtime_config.value(f"ratelimit.{route.rate_limit}") or getattr(settings, policy.rate_setting))
     limit, window = item.amount, item.get_expiry()
     if user_id is not None and policy.key == "user_or_address":
         identity = f"user:{user_id}"
