@@ -37,6 +37,8 @@ from typing import Any, Protocol
 import urllib3
 from django.conf import settings
 
+from common import discovery
+
 logger = logging.getLogger(__name__)
 
 POLICIES = ("least_outstanding", "round_robin", "random")
@@ -61,8 +63,18 @@ def parse_urls(value: str) -> tuple[str, ...]:
 
 
 def instance_source(service: str) -> InstanceSource:
-    """The one seam for service discovery: a DNS or registry source returns its own object here."""
-    return StaticInstances(parse_urls(settings.UPSTREAMS[service]))
+    """The one seam for service discovery (``DISCOVERY_BACKEND``, common/common/discovery.py)."""
+    if settings.DISCOVERY_BACKEND == "static":
+        return StaticInstances(parse_urls(settings.UPSTREAMS[service]))
+    registry = discovery.make_registry(
+        backend=settings.DISCOVERY_BACKEND,
+        configured=settings.UPSTREAMS,
+        etcd_url=settings.ETCD_URL,
+        etcd_prefix=settings.ETCD_PREFIX,
+        dns_server=settings.DISCOVERY_DNS_SERVER,
+        timeout=settings.UPSTREAM_CHECK_TIMEOUT,
+    )
+    return discovery.ServiceInstances(registry, service, fallback=settings.UPSTREAMS[service])
 
 
 class Instance:
@@ -172,13 +184,13 @@ class Balancer:
 # One balancer per service and worker process, created on first use; a new configuration (tests change
 # settings) makes a new one. The checker thread is started in the process that uses the balancers, so a
 # gunicorn worker forked after import still gets its own.
-_balancers: dict[tuple[str, str, str], Balancer] = {}
+_balancers: dict[tuple[str, str, str, str], Balancer] = {}
 _registry_lock = threading.Lock()
 _checker_pid = 0
 
 
 def balancer(service: str) -> Balancer:
-    key = (service, settings.UPSTREAMS[service], settings.LOAD_BALANCER_POLICY)
+    key = (service, settings.UPSTREAMS[service], settings.LOAD_BALANCER_POLICY, settings.DISCOVERY_BACKEND)
     found = _balancers.get(key)
     if found is not None:
         return found

@@ -17,6 +17,7 @@ from requests import PreparedRequest
 
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import Principal, verify_assertion
+from orders.clients import payment_service_client, user_service_client
 
 USER_ID = 7
 
@@ -186,3 +187,18 @@ class FakePaymentService:
 @pytest.fixture
 def fake_payments(http: responses.RequestsMock) -> FakePaymentService:
     return FakePaymentService(http)
+
+
+def forget_service_clients() -> None:
+    """New clients for the next calls: their circuit breakers and instance lists start afresh."""
+    user_service_client.cache_clear()
+    payment_service_client.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_service_clients() -> Iterator[None]:
+    # The clients are cached per process, and with them their breakers: one test's failures must not leave
+    # the next one's calls refused.
+    forget_service_clients()
+    yield
+    forget_service_clients()

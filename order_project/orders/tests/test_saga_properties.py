@@ -29,7 +29,7 @@ from orders import saga
 from orders.errors import PaymentOutcomePending
 from orders.models import Order
 from orders.services import order_cancel, order_place
-from orders.tests.conftest import USER_ID, FakePaymentService, user_url
+from orders.tests.conftest import USER_ID, FakePaymentService, forget_service_clients, user_url
 
 INITIAL_STOCK = 6
 CUSTOMER = Principal(id=USER_ID, is_staff=False, caller="gateway")
@@ -42,6 +42,7 @@ class OrderSaga(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        forget_service_clients()  # each example starts with closed circuit breakers
         self.mock.reset()
         self.mock.get(user_url(), json={"id": USER_ID}, status=200)
         self.payments = FakePaymentService(self.mock)
@@ -110,6 +111,8 @@ class OrderSaga(RuleBasedStateMachine):
     def teardown(self) -> None:
         # The network heals and the background runs until nothing is left to do.
         self.payments.mode = "up"
+        # The breakers' cool-down passes too: the sweeps below stand for the minutes that follow recovery.
+        forget_service_clients()
         for _ in range(5):
             self._make_everything_due()
             saga.sweep()
