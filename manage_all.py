@@ -11,6 +11,9 @@ project's own ``manage.py``, gunicorn and Celery; it imports no service code.
     test [pytest args]   every project's suite in its own process, then the cross-service tests in tests/
     manage SERVICE ARGS  pass ARGS to that service's manage.py (SERVICE: gateway, users, orders, payments)
     createsuperuser      create the same admin account in every service's database
+    logs [SERVICE] [--request-id ID] [--follow]
+                         the processes' JSON log lines from var/log/, merged in time order, filtered
+    trace ID             print a trace (by trace id or request id) as a waterfall, from var/traces/
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ SERVICES: tuple[Service, ...] = (
         url_env=None,
         health_path="/health",
         prepare=(("migrate", "--noinput"),),
+        relays_outbox=True,  # config.changed events of the config center
     ),
     Service(
         name="users",
@@ -188,16 +192,25 @@ class System:
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     web_workers: int = 2
     processes: list[Process] = field(default_factory=list)
+    # ``up --scale orders=2``: extra web instances of a service, each on a free port (service discovery).
+    scale: dict[str, int] = field(default_factory=dict)
+    extra_ports: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for service in SERVICES:
             if service.name not in self.ports:
                 self.ports[service.name] = int(self.base_env.get(service.port_env, service.default_port))
+        for name, count in self.scale.items():
+            self.extra_ports.setdefault(name, [free_port() for _ in range(count - 1)])
 
     # configuration ---------------------------------------------------------------------------------
 
     def url(self, service_name: str) -> str:
         return f"http://{HOST}:{self.ports[service_name]}"
+
+    def instance_urls(self, service_name: str) -> list[str]:
+        ports = [self.ports[service_name], *self.extra_ports.get(service_name, ())]
+        return [f"http://{HOST}:{port}" for port in ports]
 
     def env_for(self, service: Service) -> dict[str, str]:
         env = dict(self.base_env)
@@ -205,22 +218,26 @@ class System:
         env["PYTHONUNBUFFERED"] = "1"
         for other in SERVICES:
             if other.url_env:
-                env[other.url_env] = self.url(other.name)
+                # Static discovery: every instance, comma-separated (etcd: the instances register too).
+                env[other.url_env] = ",".join(self.instance_urls(other.name))
+        if service.url_env:
+            env["DISCOVERY_SERVICE"] = service.name  # the name it registers under (common/gunicorn_hooks.py)
         # Every service reads DATABASE_URL; the launcher hands each its own, so one shell can configure all.
         env.pop("DATABASE_URL", None)
         if self.base_env.get(service.database_env):
             env["DATABASE_URL"] = self.base_env[service.database_env]
         gateway = self.url("gateway")
         env.setdefault("CSRF_TRUSTED_ORIGINS", f"{gateway},{gateway.replace(HOST, 'localhost')}")
+        env.setdefault("CONFIG_CENTER_URL", gateway)  # the services read their runtime settings there
         return env
 
     def manage_command(self, *args: str) -> list[str]:
         return [sys.executable, "manage.py", *args]
 
-    def web_command(self, service: Service) -> list[str]:
+    def web_command(self, service: Service, port: int | None = None) -> list[str]:
         command = [
             sys.executable, "-m", "gunicorn", f"{service.package}.wsgi:application",
-            "--bind", f"{HOST}:{self.ports[service.name]}",
+            "--bind", f"{HOST}:{port or self.ports[service.name]}",
             "--worker-class", "gthread", "--workers", str(self.web_workers), "--threads", "8",
             # Longer than the callers' idle-connection time, so pooled connections aren't cut mid-reuse.
             "--keep-alive", "75",
@@ -232,6 +249,9 @@ class System:
         if service.name == "gateway":
             # The gateway faces clients: never take a client's X-Forwarded-* as the truth.
             command += ["--forwarded-allow-ips", ""]
+        else:
+            # Registers the instance with service discovery (etcd) when ready, deregisters on exit.
+            command += ["--config", "python:common.gunicorn_hooks"]
         return command
 
     def worker_command(self, service: Service) -> list[str]:
@@ -284,6 +304,8 @@ class System:
         outlive the launcher; without, the caller streams it."""
         for service in SERVICES:
             self._spawn(service.name, service, self.web_command(service), log_dir)
+            for number, port in enumerate(self.extra_ports.get(service.name, ()), start=2):
+                self._spawn(f"{service.name}-{number}", service, self.web_command(service, port), log_dir)
             if service.worker_queues:
                 self._spawn(f"{service.name}-worker", service, self.worker_command(service), log_dir)
             if service.relays_outbox:
@@ -291,12 +313,29 @@ class System:
             for loop in service.loops:
                 self._spawn(f"{service.name}-{loop}", service, self.manage_command(loop), log_dir)
 
+    def metrics_dir(self, service: Service, process_name: str) -> Path | None:
+        """prometheus_client's multiprocess folder of a service's web instance (common/metrics.py): shared by
+        its gunicorn workers and, for the first instance, by the service's Celery worker, so one scrape
+        reports both. The gateway's gunicorn.conf.py gives each gateway master a folder itself."""
+        if service.name == "gateway":
+            return None
+        suffix = process_name.removeprefix(f"{service.name}-")
+        return self.var_dir / "metrics" / (process_name if suffix.isdigit() else service.name)
+
     def _spawn(self, name: str, service: Service, command: list[str], log_dir: Path | None) -> None:
+        env = self.env_for(service)
+        metrics_dir = self.metrics_dir(service, name)
+        if metrics_dir is not None:
+            if metrics_dir.name == name:  # the web instance, started before its worker: values of a past run go
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True, exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
         def popen(output: IO[bytes] | int) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 command,
                 cwd=service.directory,
-                env=self.env_for(service),
+                env=env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -323,7 +362,11 @@ class System:
                     raise LaunchError(
                         f"{process.name} exited with code {process.popen.returncode}{self._log_hint(process)}"
                     )
-            pending = [service for service in pending if health(self.url(service.name) + service.health_path)[0] != 200]
+            pending = [
+                service
+                for service in pending
+                if any(health(url + service.health_path)[0] != 200 for url in self.instance_urls(service.name))
+            ]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -420,8 +463,26 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def parse_scale(values: list[str]) -> dict[str, int]:
+    """``--scale orders=2`` (``order=2`` too): how many web instances of a service to run."""
+    scale: dict[str, int] = {}
+    for value in values:
+        name, _, count = value.partition("=")
+        name = name if name in SERVICES_BY_NAME else f"{name}s"
+        if name not in SERVICES_BY_NAME or name == "gateway" or not count.isdigit() or int(count) < 1:
+            raise LaunchError(f"--scale {value}: expected SERVICE=N with SERVICE one of users, orders, payments")
+        scale[name] = int(count)
+    return scale
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
 def command_up(args: argparse.Namespace) -> int:
-    system = System()
+    system = System(scale=parse_scale(args.scale or []))
     stop_on_signals()
     if any(pid_alive(pid) for _, pid in system.recorded_processes()):
         raise LaunchError("the shop is already running (python3 manage_all.py status / down)")
@@ -609,9 +670,15 @@ class SuiteResult:
 
 
 def run_pytest(name: str, directory: Path, env: dict[str, str], extra_args: list[str], report: Path) -> SuiteResult:
-    say(f"tests: {name}")
-    command = [sys.executable, "-m", "pytest", "-q", f"--junitxml={report}", *extra_args]
-    exit_code = subprocess.call(command, cwd=directory, env=env)
+    """Run one suite, its output going to ``<report>.log``; print that output once the suite is done."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *extra_args]
+    log_path = report.with_suffix(".log")
+    with log_path.open("wb") as log:
+        exit_code = subprocess.call(command, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with OUTPUT_LOCK:
+        say(f"tests: {name}")
+        sys.stdout.write(log_path.read_text(errors="replace"))
+        sys.stdout.flush()
     result = SuiteResult(name=name, exit_code=exit_code)
     if report.exists():
         for suite in ElementTree.parse(report).getroot().iter("testsuite"):  # noqa: S314 (pytest wrote it)
@@ -624,6 +691,9 @@ def run_pytest(name: str, directory: Path, env: dict[str, str], extra_args: list
     if exit_code not in (0, 5) and result.failed == 0:
         result.failed = 1  # pytest itself failed (collection error, bad option): count it
     return result
+
+
+OUTPUT_LOCK = threading.Lock()
 
 
 def command_test(args: argparse.Namespace) -> int:
@@ -651,13 +721,20 @@ def command_test(args: argparse.Namespace) -> int:
         sys.stdout.write(lint.stdout + lint.stderr)
         checks_failed.append("import contracts")
 
-    common_env = {**os.environ, "VAR_DIR": str(report_dir / "var" / "common")}
-    results = [run_pytest("common", ROOT / "common", common_env, args.pytest_args, report_dir / "common.xml")]
+    # The project suites share nothing (each has its own test databases, var/ folder, key prefixes and a
+    # private broker) and spend much of their time waiting on processes they start, so they run side by
+    # side; the end-to-end suite then runs alone, as it starts the whole system.
+    suites = [("common", ROOT / "common", {**os.environ, "VAR_DIR": str(report_dir / "var" / "common")})]
     for service in SERVICES:
         env = {**system.env_for(service), "VAR_DIR": str(report_dir / "var" / service.name)}
-        results.append(
-            run_pytest(service.name, service.directory, env, args.pytest_args, report_dir / f"{service.name}.xml")
-        )
+        suites.append((service.name, service.directory, env))
+    say("tests: " + ", ".join(name for name, _, _ in suites) + " (side by side)")
+    with ThreadPoolExecutor(max_workers=len(suites)) as pool:
+        futures = [
+            pool.submit(run_pytest, name, directory, env, args.pytest_args, report_dir / f"{name}.xml")
+            for name, directory, env in suites
+        ]
+        results = [future.result() for future in futures]
     results.append(run_pytest("end-to-end", ROOT / "tests", dict(os.environ), args.pytest_args, report_dir / "e2e.xml"))
 
     passed = sum(r.passed for r in results)
@@ -671,6 +748,171 @@ def command_test(args: argparse.Namespace) -> int:
     return 1 if failed or checks_failed or passed == 0 else 0
 
 
+# trace: the embedded-mode span files (common/tracing.py writes them) as a waterfall ----------------------
+
+
+def read_trace_spans(trace_dir: Path, wanted: str) -> list[dict[str, Any]]:
+    """Every span of the trace(s) ``wanted`` names: a trace id, or a request id some span carries."""
+    spans: list[dict[str, Any]] = []
+    for path in sorted(trace_dir.glob("*.jsonl*")):
+        with path.open(encoding="utf-8", errors="replace") as file:
+            for line in file:
+                try:
+                    span = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a process killed mid-write
+                if isinstance(span, dict) and span.get("trace_id"):
+                    spans.append(span)
+    wanted = wanted.strip().lower()
+    trace_ids = {
+        span["trace_id"] for span in spans if wanted in (span["trace_id"], str(span.get("request_id", "")).lower())
+    }
+    return [span for span in spans if span["trace_id"] in trace_ids]
+
+
+def format_waterfall(spans: list[dict[str, Any]], *, width: int = 30) -> str:
+    """One line per span, children indented under their parent, ordered by start: start offset and
+    duration in ms from the trace's first span, a bar on the trace's time line, status, errors marked."""
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_trace.setdefault(span["trace_id"], []).append(span)
+    lines: list[str] = []
+    for trace_id, members in sorted(by_trace.items(), key=lambda item: min(s["start_ns"] for s in item[1])):
+        lines += [*_waterfall_lines(trace_id, members, width), ""]
+    return "\n".join(lines)
+
+
+def _waterfall_lines(trace_id: str, members: list[dict[str, Any]], width: int) -> list[str]:
+    start = min(span["start_ns"] for span in members)
+    total = max(max(span["end_ns"] or span["start_ns"] for span in members) - start, 1)
+    ids = {span["span_id"] for span in members}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for span in members:
+        children.setdefault(span.get("parent_id") if span.get("parent_id") in ids else None, []).append(span)
+    errors = sum(span.get("status") == "error" for span in members)
+    services = ", ".join(sorted({span.get("service", "?") for span in members}))
+    lines = [
+        f"trace {trace_id}: {len(members)} spans, {total / 1e6:.1f} ms, services: {services}"
+        + (f", {errors} error(s)" if errors else ""),
+        f"{'start ms':>9} {'dur ms':>9}  {'':{width}}  operation",
+    ]
+
+    def walk(span: dict[str, Any], depth: int) -> None:
+        end = span["end_ns"] or span["start_ns"]
+        left = int((span["start_ns"] - start) / total * width)
+        bar = (" " * left + "#" * max(1, round((end - span["start_ns"]) / total * width)))[:width].ljust(width)
+        line = f"{(span['start_ns'] - start) / 1e6:9.1f} {(end - span['start_ns']) / 1e6:9.1f}  {bar}  "
+        line += f"{'  ' * depth}{span.get('service', '?')}: {span['name']} [{span.get('kind', '')}]"
+        if span.get("parent_id") and span["parent_id"] not in ids:
+            line += " (parent not recorded)"
+        if span.get("status") == "error":
+            line += "  !! ERROR" + (f": {span['error']}" if span.get("error") else "")
+        lines.append(line)
+        for child in sorted(children.get(span["span_id"], []), key=lambda s: s["start_ns"]):
+            walk(child, depth + 1)
+
+    for root in sorted(children.get(None, []), key=lambda s: s["start_ns"]):
+        walk(root, 0)
+    return lines
+
+
+def command_trace(args: argparse.Namespace) -> int:
+    trace_dir = Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve() / "traces"
+    spans = read_trace_spans(trace_dir, args.id)
+    if not spans:
+        print(f"no trace with id or request id {args.id!r} under {trace_dir}", file=sys.stderr)
+        return 1
+    print(format_waterfall(spans))
+    return 0
+
+
+# logs: the JSON log lines of every process (common/logs.py writes them), merged in time order ------------
+
+
+def log_files(log_dir: Path, service: str | None) -> list[Path]:
+    """``var/log/<process>.log`` of one service (its web process, worker, relay, loops) or of all."""
+    files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
+    if service is None:
+        return files
+    return [path for path in files if path.stem == service or path.stem.startswith(f"{service}-")]
+
+
+def parse_log_line(line: str, process: str, previous_time: str) -> dict[str, Any] | None:
+    """A JSON record as written, or a plain line (a server's banner, a crash before logging was set up)
+    wrapped as one, placed at the time of the line before it so a file keeps its order when merged."""
+    line = line.rstrip("\n")
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or "time" not in entry:
+        entry = {"time": previous_time, "level": "-", "message": line, "request_id": "", "plain": True}
+    entry["process"] = process
+    return entry
+
+
+def read_log_entries(files: list[Path], offsets: dict[Path, int], request_id: str | None) -> list[dict[str, Any]]:
+    """The records added to ``files`` since ``offsets`` (updated), filtered by request id, in time order.
+    Only whole lines are taken: a line being written is read on the next pass."""
+    entries: list[dict[str, Any]] = []
+    for path in files:
+        with contextlib.suppress(OSError), path.open("rb") as file:
+            file.seek(offsets.get(path, 0))
+            data = file.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            offsets[path] = offsets.get(path, 0) + len(complete)
+            previous_time = ""
+            for raw in complete.decode("utf-8", errors="replace").splitlines():
+                entry = parse_log_line(raw, path.stem, previous_time)
+                if entry is None:
+                    continue
+                previous_time = str(entry["time"])
+                if request_id is None or (not entry.get("plain") and entry.get("request_id") == request_id):
+                    entries.append(entry)
+    # A stable sort: lines of one file that share a time keep their order.
+    return sorted(entries, key=lambda entry: str(entry["time"]))
+
+
+def format_log_entry(entry: dict[str, Any]) -> str:
+    if entry.get("plain"):
+        return f"{'':23}  {entry['process']:<17} {'':<7} {entry['message']}"
+    time_text = str(entry["time"]).replace("T", " ").removesuffix("+00:00")
+    line = f"{time_text:<23}  {entry['process']:<17} {entry.get('level', '-'):<7} {entry.get('message', '')}"
+    if "duration_ms" in entry:  # the gateway's access line
+        line += f" ({entry['duration_ms']} ms)"
+    if entry.get("request_id"):
+        line += f"  [{entry['request_id']}]"
+    if entry.get("exception"):
+        line += "\n" + "\n".join("    " + text for text in str(entry["exception"]).splitlines())
+    return line
+
+
+def command_logs(args: argparse.Namespace) -> int:
+    log_dir = Path(os.environ.get("VAR_DIR") or ROOT / "var").resolve() / "log"
+    if args.service is not None and args.service not in SERVICES_BY_NAME:
+        raise LaunchError(f"unknown service {args.service!r}; choose from {', '.join(SERVICES_BY_NAME)}")
+    files = log_files(log_dir, args.service)
+    if not files and not args.follow:
+        raise LaunchError(f"no log files in {log_dir} (python3 manage_all.py up --detach writes them)")
+    offsets: dict[Path, int] = {}
+    for entry in read_log_entries(files, offsets, args.request_id):
+        print(format_log_entry(entry))
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    stop_on_signals()
+    try:
+        while True:
+            time.sleep(0.5)
+            # Processes started later (a restart, a new worker) bring new files.
+            for entry in read_log_entries(log_files(log_dir, args.service), offsets, args.request_id):
+                print(format_log_entry(entry), flush=True)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="manage_all.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -678,6 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the whole system")
     up.add_argument("--detach", action="store_true", help="return once healthy, leaving it running")
+    up.add_argument("--scale", action="append", metavar="SERVICE=N", help="run N web instances of SERVICE")
     up.set_defaults(handler=command_up)
     commands.add_parser("down", help="stop a detached system").set_defaults(handler=command_down)
     commands.add_parser("status", help="show each process and its health").set_defaults(handler=command_status)
@@ -692,6 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
     superuser.add_argument("--email")
     superuser.add_argument("--name")
     superuser.set_defaults(handler=command_createsuperuser)
+    trace = commands.add_parser("trace", help="print one trace as a waterfall (embedded mode: var/traces/)")
+    trace.add_argument("id", help="a trace id, or a request id (X-Request-ID) of a request in it")
+    trace.set_defaults(handler=command_trace)
+    logs = commands.add_parser("logs", help="show the JSON logs of every process (var/log/), merged in time order")
+    logs.add_argument("service", nargs="?", help="only this service's processes (gateway, users, orders, payments)")
+    logs.add_argument("--request-id", help="only the lines of this request (its X-Request-ID)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines as they are written")
+    logs.set_defaults(handler=command_logs)
     return parser
 
 

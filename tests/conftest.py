@@ -90,12 +90,19 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[manage_all.Syst
     # within seconds, and a rotated-in key published for longer than the refresh interval before it signs.
     env["JWKS_CACHE_TTL"] = "2"
     env["JWKS_MIN_REFRESH_INTERVAL"] = "1"
+    # Service discovery: with ETCD_URL (CI's real mode) the services register in etcd under a prefix of this
+    # run's own; otherwise the launcher's static lists. Two order instances either way (test_discovery_scale).
+    if env.get("ETCD_URL"):
+        env["DISCOVERY_BACKEND"] = "etcd"
+        env["ETCD_PREFIX"] = f"/e2e-{uuid.uuid4().hex}/"
+    env["GUNICORN_CMD_ARGS"] = "--access-logfile -"  # which instance served a call (test_discovery_scale)
 
     system = manage_all.System(
         var_dir=tmp_path_factory.mktemp("var"),
         ports={service.name: free_port() for service in manage_all.SERVICES},
         base_env=env,
         web_workers=1,
+        scale={"orders": 2},
     )
     system.prepare()
     system.start(log_dir=system.var_dir / "log")

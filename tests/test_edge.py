@@ -65,8 +65,10 @@ def test_errors_have_the_envelope_and_a_request_id(anonymous: Client) -> None:
     ):
         assert response.status_code in {400, 401, 404}, response.text
         error = response.json()["error"]
-        assert set(error) == {"code", "message", "details"}
-        assert response.headers.get("X-Request-ID")
+        # the gateway's own errors and the services' alike name the request and its trace (common.tracing)
+        assert set(error) == {"code", "message", "details", "request_id", "trace_id"}
+        assert error["request_id"] == response.headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", error["trace_id"])
 
 
 @pytest.mark.parametrize(

@@ -136,17 +136,19 @@ def cache(*, key_prefix: str) -> dict[str, Any]:
 
 
 def logging_config(*, service: str, level: str) -> dict[str, Any]:
-    """Log lines name the service and the request they belong to."""
+    """Log lines are JSON objects (:mod:`common.logs`) naming the service, the request and the trace they
+    belong to, written to stderr (the launcher sends each process's output to ``var/log/<process>.log``)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "common.request_id.RequestIdLogFilter"}},
-        "formatters": {
-            "plain": {
-                "format": f"%(asctime)s %(levelname)s {service} [%(request_id)s] %(name)s: %(message)s",
-            }
+        "filters": {
+            "request_id": {"()": "common.request_id.RequestIdLogFilter"},
+            "trace_id": {"()": "common.tracing.TraceIdLogFilter"},
         },
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
+        "formatters": {"json": {"()": "common.logs.JsonFormatter", "service": service}},
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id", "trace_id"]}
+        },
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
             "django.request": {"level": "ERROR"},

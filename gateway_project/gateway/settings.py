@@ -1,6 +1,7 @@
 """Settings of the gateway: the single public entry point. It verifies clients' access tokens, forwards
 each request to the service that owns its path (see ``proxy/routes.py``) with a service assertion, and
-serves its own admin (its database only holds the admin's users and sessions).
+serves its own admin and the config center (its database holds the admin's users and sessions and the
+config versions).
 
 Every value is read from the environment with a working development default; the README lists them all.
 """
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI's assets for /api/docs/, served by the gateway itself
     "common",
     "proxy",
+    "configcenter",
 ]
 
 # Every proxied request runs through this list, so it holds only what the admin needs; the proxy view
@@ -110,6 +112,12 @@ UPSTREAMS = {
     "orders": config("ORDER_SERVICE_URL", default="http://127.0.0.1:8002").rstrip("/"),
     "payments": config("PAYMENT_SERVICE_URL", default="http://127.0.0.1:8003").rstrip("/"),
 }
+# Service discovery (common/common/discovery.py): static = the URLs above; dns = resolve their host names;
+# etcd = the instances registered under ETCD_PREFIX, the URLs above while none is.
+DISCOVERY_BACKEND = config("DISCOVERY_BACKEND", default="static")
+ETCD_URL = config("ETCD_URL", default="http://127.0.0.1:2379")
+ETCD_PREFIX = config("ETCD_PREFIX", default="/shop/services/")
+DISCOVERY_DNS_SERVER = config("DISCOVERY_DNS_SERVER", default="")  # host:port for SRV lookups; empty: system
 UPSTREAM_CONNECT_TIMEOUT = config("UPSTREAM_CONNECT_TIMEOUT", default=2.0, cast=float)  # seconds
 UPSTREAM_READ_TIMEOUT = config("UPSTREAM_READ_TIMEOUT", default=15.0, cast=float)
 # Pooled keep-alive connections per upstream; more concurrent calls open extra, short-lived ones.
@@ -166,6 +174,14 @@ TRUSTED_PROXY_COUNT = config("TRUSTED_PROXY_COUNT", default=0, cast=int)
 # same configuration as the services.
 EVENT_HANDLERS: dict[str, str] = {}
 
+# Config center (configcenter/; README): runtime settings per service and profile, versioned in this
+# database. This gateway reads its own (service "gateway") for CONFIG_PROFILE; each worker polls the
+# version marker every CONFIG_POLL_INTERVAL seconds (0: off, settings only). Saving a version publishes
+# config.changed through this outbox.
+CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
+CONFIG_POLL_INTERVAL = config("CONFIG_POLL_INTERVAL", default=1.0, cast=float)
+OUTBOX_MODEL = "configcenter.OutboxEvent"
+
 CELERY_BROKER_URL = envs.broker_url()
 CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = envs.broker_transport_options(CELERY_BROKER_URL, var=VAR_DIR)
@@ -200,7 +216,5 @@ DOCS_SCHEMA_CACHE_SECONDS = config("DOCS_SCHEMA_CACHE_SECONDS", default=300, cas
 OVERVIEW_CALL_TIMEOUT = config("OVERVIEW_CALL_TIMEOUT", default=2.0, cast=float)  # each call of /me/overview
 
 LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))
-# The access log is one JSON object per line (proxy/observability.py), for machines first.
-LOGGING["formatters"]["json_line"] = {"format": "%(message)s"}
-LOGGING["handlers"]["access"] = {"class": "logging.StreamHandler", "formatter": "json_line"}
-LOGGING["loggers"]["gateway.access"] = {"handlers": ["access"], "level": "INFO", "propagate": False}
+# The access log (proxy/observability.py): the same JSON lines as every other log, at INFO whatever LOG_LEVEL.
+LOGGING["loggers"]["gateway.access"] = {"handlers": ["console"], "level": "INFO", "propagate": False}

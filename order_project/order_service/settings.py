@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "common.metrics.MetricsMiddleware",  # first: it counts every answer, the error pages of the others too
     "common.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -120,6 +121,14 @@ SPECTACULAR_SETTINGS = {
 # The services this one calls. In development the launcher points these at the local ports.
 USER_SERVICE_URL = config("USER_SERVICE_URL", default="http://127.0.0.1:8001")
 PAYMENT_SERVICE_URL = config("PAYMENT_SERVICE_URL", default="http://127.0.0.1:8003")
+# Each may be a comma-separated list; service discovery (common/common/discovery.py) as in the gateway.
+DISCOVERY_BACKEND = config("DISCOVERY_BACKEND", default="static")
+ETCD_URL = config("ETCD_URL", default="http://127.0.0.1:2379")
+ETCD_PREFIX = config("ETCD_PREFIX", default="/shop/services/")
+DISCOVERY_DNS_SERVER = config("DISCOVERY_DNS_SERVER", default="")
+DISCOVERY_REFRESH_SECONDS = config("DISCOVERY_REFRESH_SECONDS", default=5.0, cast=float)
+SERVICE_BREAKER_FAILURES = config("SERVICE_BREAKER_FAILURES", default=5, cast=int)
+SERVICE_BREAKER_RESET_SECONDS = config("SERVICE_BREAKER_RESET_SECONDS", default=10.0, cast=float)
 SERVICE_CONNECT_TIMEOUT = config("SERVICE_CONNECT_TIMEOUT", default=2.0, cast=float)
 SERVICE_READ_TIMEOUT = config("SERVICE_READ_TIMEOUT", default=5.0, cast=float)
 
@@ -172,4 +181,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
 CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)] if EVENT_HANDLERS else []
 
+# Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
+# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds.
+CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
+CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
+CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+
+# /metrics answers only peers in these networks (the socket's address; headers are never believed).
+METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())
 LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "common.metrics.MetricsMiddleware",  # first: it counts every answer, the error pages of the others too
     "common.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -159,4 +160,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
 CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)] if EVENT_HANDLERS else []
 
+# Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
+# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds.
+CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
+CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
+CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+
+# /metrics answers only peers in these networks (the socket's address; headers are never believed).
+METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())
 LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))

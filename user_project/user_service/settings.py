@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "common.metrics.MetricsMiddleware",  # first: it counts every answer, the error pages of the others too
     "common.request_id.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -169,6 +170,7 @@ EVENT_HANDLERS = {
     "user.created": "notifications.handlers.on_user_created",
     "order.confirmed": "notifications.handlers.on_order_confirmed",
     "order.cancelled": "notifications.handlers.on_order_cancelled",
+    "config.changed": "common.runtime_config.on_config_changed",
 }
 
 # Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the
@@ -204,4 +206,13 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
 CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)]
 
+# Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
+# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds and at once
+# on config.changed (EVENT_HANDLERS).
+CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
+CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
+CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+
+# /metrics answers only peers in these networks (the socket's address; headers are never believed).
+METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())
 LOGGING = envs.logging_config(service=SERVICE_NAME, level=config("LOG_LEVEL", default="INFO"))

@@ -54,6 +54,7 @@ def gateway_settings(settings: Any, stubs: dict[str, StubUpstream]) -> Iterator[
     settings.HEALTH_CHECK_TIMEOUT = 1.0
     settings.BREAKER_REDIS_PREFIX = f"test-breaker-{uuid.uuid4().hex}"  # real mode: no state from other tests
     settings.RATE_LIMIT_KEY_PREFIX = f"test-{uuid.uuid4().hex}"  # every test starts with full rate-limit quotas
+    settings.CONFIG_POLL_INTERVAL = 0  # the config center is off: the settings above apply (configcenter/tests)
     _reset_clients()
     yield settings
     _reset_clients()

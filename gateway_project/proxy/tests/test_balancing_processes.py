@@ -145,7 +145,10 @@ def test_the_breaker_opens_answers_fast_then_half_opens_and_closes_against_a_res
         status, headers, body = gateway.request("GET", "/api/v1/users/1/")
         elapsed = time.perf_counter() - started
         assert status == 503
-        assert json.loads(body)["error"] == {
+        error = json.loads(body)["error"]
+        assert error.pop("request_id") == headers["X-Request-ID"]
+        assert len(error.pop("trace_id")) == 32
+        assert error == {
             "code": "upstream_unavailable",
             "message": "A service this request depends on is unavailable.",
             "details": {"service": "users", "reason": "circuit_open"},

@@ -158,7 +158,10 @@ def test_headers_over_the_route_limit_are_431(edge: EdgeGateway, stubs: dict[str
     elsewhere, _, _ = edge.request("GET", "/api/v1/products/", headers=headers)
 
     assert status == 431
-    assert json.loads(body)["error"] == {
+    error = json.loads(body)["error"]
+    assert len(error.pop("trace_id")) == 32  # every error names its trace and request (common.errors)
+    assert error.pop("request_id")
+    assert error == {
         "code": "headers_too_large",
         "message": "The request headers are too large.",
         "details": {"max_bytes": 8192},
@@ -298,7 +301,8 @@ def test_every_request_is_one_json_access_line_without_secrets(
     [line] = edge.access_log_lines("edge-log-0001")
     entry = json.loads(line)
     assert entry["request_id"] == "edge-log-0001"
-    assert (entry["method"], entry["route"], entry["service"], entry["upstream"]) == (
+    assert (entry["service"], entry["logger"], entry["level"]) == ("gateway", "gateway.access", "INFO")
+    assert (entry["method"], entry["route"], entry["upstream_service"], entry["upstream"]) == (
         "GET",
         "/api/v1/orders/",
         "orders",
@@ -311,19 +315,25 @@ def test_every_request_is_one_json_access_line_without_secrets(
     assert "hunter2" not in log
     assert "/9/" not in line
     [refused] = edge.access_log_lines("edge-log-0002")
-    assert json.loads(refused) | {"time": None, "duration_ms": None, "client": None} == {
+    assert json.loads(refused) | {"time": None, "duration_ms": None, "client": None, "trace_id": None} == {
         "time": None,
+        "service": "gateway",
+        "level": "INFO",
+        "logger": "gateway.access",
+        "message": "GET unmatched 400",
         "request_id": "edge-log-0002",
+        "trace_id": None,
         "method": "GET",
         "route": "unmatched",
-        "service": None,
+        "upstream_service": None,
         "upstream": None,
         "status": 400,
         "duration_ms": None,
         "user_id": None,
         "client": None,
         "bytes": len(
-            b'{"error": {"code": "invalid_path", "message": "The request path is not acceptable.", "details": {}}}'
+            b'{"error": {"code": "invalid_path", "message": "The request path is not acceptable.", "details": {}, '
+            b'"request_id": "edge-log-0002", "trace_id": "' + json.loads(refused)["trace_id"].encode() + b'"}}'
         ),
         "error": "invalid_path",
     }

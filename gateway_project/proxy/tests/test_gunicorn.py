@@ -50,7 +50,11 @@ class Gateway:
         has it, hence the short wait."""
         deadline = time.monotonic() + timeout
         while True:
-            lines = [line for line in self.log().splitlines() if f'"request_id":"{request_id}"' in line]
+            lines = [
+                line
+                for line in self.log().splitlines()
+                if f'"request_id":"{request_id}"' in line and '"logger":"gateway.access"' in line
+            ]
             if lines or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)
@@ -262,7 +266,7 @@ def test_each_proxied_request_is_logged_once_without_the_token(
     assert len(lines) == 1
     entry = json.loads(lines[0])
     assert entry["method"] == "GET"
-    assert (entry["route"], entry["service"], entry["status"], entry["user_id"]) == (
+    assert (entry["route"], entry["upstream_service"], entry["status"], entry["user_id"]) == (
         "/api/v1/orders/",
         "orders",
         200,

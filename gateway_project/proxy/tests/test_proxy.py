@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import Client
 
 from common.internal_auth import verify_assertion
+from common.logs import JsonFormatter
 from proxy import upstream
 from proxy.tests.upstream_stub import StubUpstream
 from proxy.tests.utils import body_of, closed_port_url, json_of
@@ -497,13 +498,14 @@ def test_each_proxied_request_logs_one_access_line_without_secrets(
         access.removeHandler(caplog.handler)
 
     # then
-    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.access"]
+    formatter = JsonFormatter(service="gateway")
+    lines = [formatter.format(record) for record in caplog.records if record.name == "gateway.access"]
     assert len(lines) == 1
     line = lines[0]
     entry = json.loads(line)
     assert entry["request_id"] == "client-id-0003"
     assert (entry["method"], entry["route"], entry["status"]) == ("GET", "/api/v1/orders/", 200)
-    assert (entry["service"], entry["upstream"]) == ("orders", orders.url)
+    assert (entry["upstream_service"], entry["upstream"]) == ("orders", orders.url)
     assert (entry["user_id"], entry["client"], entry["bytes"]) == (7, "127.0.0.1", len(body))
     assert entry["duration_ms"] >= 0
     assert "SECRET" not in line
