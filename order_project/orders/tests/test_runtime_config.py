@@ -1,0 +1,199 @@
+"""The user/payment clients take their timeouts and breaker thresholds from the config center, through
+common.runtime_config, against a real config server on loopback: a new version applies without a restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import responses
+from django.core.cache import cache
+
+from common import runtime_config
+from common.errors import UpstreamUnavailable
+from common.events import Event
+from common.runtime_config import MARKER_KEY
+from orders.clients import payment_service_client, user_service_client
+from orders.tests.conftest import USER_ID, user_url
+
+CONFIG_PATH = "/config/orders/default/"
+
+
+class ConfigServer:
+    """The config center's GET /config/<service>/<profile>/ for the orders service: the current version
+    with its ETag, 304 when revalidated with that ETag, 404 for other paths (other services/profiles)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.values: dict[str, Any] = {}
+        self.fetches: list[str] = []  # "200" or "304" per answered fetch
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with owner._lock:
+                    version, values = owner.version, owner.values
+                etag = f'"{version}"'
+                if self.path != CONFIG_PATH or not version:
+                    self._send(404, b'{"error": {"code": "not_found"}}')
+                elif self.headers.get("If-None-Match") == etag:
+                    owner.fetches.append("304")
+                    self._send(304, b"", etag=etag)
+                else:
+                    owner.fetches.append("200")
+                    self._send(200, json.dumps({"version": version, "values": values}).encode(), etag=etag)
+
+            def _send(self, status: int, body: bytes, *, etag: str = "") -> None:
+                self.send_response(status)
+                if etag:
+                    self.send_header("ETag", etag)
+                if status != 304:
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def publish(self, values: dict[str, Any]) -> int:
+        with self._lock:
+            self.version += 1
+            self.values = values
+            return self.version
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def config_server(settings: Any) -> Iterator[ConfigServer]:
+    server = ConfigServer()
+    server.start()
+    settings.CONFIG_CENTER_URL = server.url
+    runtime_config.reset()  # a client for this URL (and the test's CONFIG_TTL) at the next use
+    yield server
+    server.stop()
+    runtime_config.reset()
+    cache.delete(MARKER_KEY)  # a config.changed event's announcement must not reach the next test
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def read_user(http: responses.RequestsMock) -> Any:
+    """One real call through the user client; the timeout it was made with."""
+    http.get(user_url(), json={"id": USER_ID}, status=200)
+    user_service_client().request("GET", f"/api/v1/users/{USER_ID}/")
+    return http.calls[-1].request.req_kwargs["timeout"]  # type: ignore[attr-defined]
+
+
+def test_without_a_config_center_the_clients_use_the_settings(settings: Any) -> None:
+    # the suite's default (order_project/conftest.py): a loopback port nothing listens on
+    for client in (user_service_client(), payment_service_client()):
+        assert client.timeout == (settings.SERVICE_CONNECT_TIMEOUT, settings.SERVICE_READ_TIMEOUT)
+        assert client.breaker is not None
+        assert client.breaker.failures == settings.SERVICE_BREAKER_FAILURES
+        assert client.breaker.reset_seconds == settings.SERVICE_BREAKER_RESET_SECONDS
+
+
+def test_a_new_version_applies_to_the_next_call_after_the_ttl(
+    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+) -> None:
+    settings.CONFIG_TTL = 0.2
+    config_server.publish({"upstream.read_timeout": 7.0, "breaker.failures": 3})
+
+    assert read_user(http) == (settings.SERVICE_CONNECT_TIMEOUT, 7.0)  # unset keys: the settings
+    assert user_service_client().breaker.failures == 3  # type: ignore[union-attr]
+
+    version = config_server.publish(
+        {
+            "upstream.connect_timeout": 0.5,
+            "upstream.read_timeout": 9.0,
+            "breaker.failures": 2,
+            "breaker.reset_timeout": 30.0,
+        }
+    )
+    time.sleep(0.25)  # the TTL passes: the next read revalidates in the background, the call does not wait
+    user_service_client().apply_runtime_config()
+    wait_for(lambda: runtime_config.client().version == version)
+
+    assert read_user(http) == (0.5, 9.0)  # the same cached client, no restart
+    breaker = user_service_client().breaker
+    assert breaker is not None
+    assert (breaker.failures, breaker.reset_seconds) == (2, 30.0)
+    assert payment_service_client().timeout == (0.5, 9.0)
+
+
+def test_a_config_changed_event_applies_the_new_breaker_threshold_at_once(
+    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+) -> None:
+    settings.CONFIG_TTL = 600.0  # only the event can bring the new version within this test
+    config_server.publish({"breaker.failures": 5})
+    assert user_service_client().breaker.failures == 5  # type: ignore[union-attr]
+
+    version = config_server.publish({"breaker.failures": 2})
+    runtime_config.on_config_changed(
+        Event(type="config.changed", data={"service": "orders", "profile": "default", "version": version})
+    )
+
+    # two failing calls now open the breaker: the third is refused without reaching the user service
+    http.get(user_url(), json={}, status=500)
+    client = user_service_client()
+    for _ in range(2):
+        assert client.request("GET", f"/api/v1/users/{USER_ID}/").status_code == 500
+    with pytest.raises(UpstreamUnavailable):
+        client.request("GET", f"/api/v1/users/{USER_ID}/")
+    assert len(http.calls) == 2
+
+
+def test_an_event_for_another_service_changes_nothing(config_server: ConfigServer, settings: Any) -> None:
+    settings.CONFIG_TTL = 600.0
+    config_server.publish({"upstream.read_timeout": 7.0})
+    assert user_service_client().timeout[1] == 7.0
+
+    config_server.publish({"upstream.read_timeout": 9.0})
+    runtime_config.on_config_changed(Event(type="config.changed", data={"service": "users", "profile": "default"}))
+    user_service_client().apply_runtime_config()
+
+    assert user_service_client().timeout[1] == 7.0
+
+
+def test_an_unreachable_center_leaves_the_last_good_values(
+    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+) -> None:
+    settings.CONFIG_TTL = 0.2
+    config_server.publish({"upstream.read_timeout": 7.0, "breaker.failures": 3})
+    assert read_user(http) == (settings.SERVICE_CONNECT_TIMEOUT, 7.0)
+
+    config_server.stop()
+    assert not runtime_config.client().refresh()  # what the background revalidation after the TTL meets
+
+    assert read_user(http) == (settings.SERVICE_CONNECT_TIMEOUT, 7.0)
+    assert user_service_client().breaker.failures == 3  # type: ignore[union-attr]
