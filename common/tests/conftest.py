@@ -4,12 +4,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from common.testing import EventBroker
 from tests import handlers
 from tests.celery_app import app as celery_app
 from tests.loopback import LoopbackServer, loopback_server
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # SQLite's shared in-memory test database refuses a second writer at once ("database table is locked",
+    # no waiting): the relay's thread and the test write concurrently, so the tests use a file, locked as
+    # the services' databases are in embedded mode.
+    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = str(
+        tmp_path_factory.mktemp("db") / "test_common.sqlite3"
+    )
 
 
 @pytest.fixture
