@@ -234,10 +234,19 @@ class EtcdRegistry:
     def urls(self, service: str) -> Sequence[str]:
         return [registration.url for registration in self.registrations(service)]
 
-    def watch(self, service: str, *, stop: threading.Event) -> Iterator[WatchEvent]:
-        """Every put and delete under the service's prefix from now on, until ``stop`` is set (checked
-        whenever etcd sends something, at the latest on its progress notifications)."""
-        prefix = f"{self.prefix}{service}/"
+    def service_of(self, key: str) -> str:
+        """The service a registration key belongs to ("" for a key outside the prefix)."""
+        return key[len(self.prefix) :].split("/", 1)[0] if key.startswith(self.prefix) else ""
+
+    def watch(
+        self, service: str = "", *, stop: threading.Event, on_created: Callable[[], None] | None = None
+    ) -> Iterator[WatchEvent]:
+        """Every put and delete under the service's prefix (every service's, without one) from now on,
+        until ``stop`` is set (checked whenever etcd sends something, at the latest on its progress
+        notifications). ``on_created`` runs once etcd has set the watch up: a read made then misses
+        nothing the watch will not report. A watch that ends without ``stop`` raises
+        :class:`DiscoveryError`."""
+        prefix = f"{self.prefix}{service}/" if service else self.prefix
         body = {"create_request": {"key": _b64(prefix), "range_end": _prefix_end(prefix), "progress_notify": True}}
         try:
             with self._session.post(
@@ -248,15 +257,20 @@ class EtcdRegistry:
                         return
                     if not line:
                         continue
-                    for event in json.loads(line).get("result", {}).get("events", []):
+                    result = json.loads(line).get("result", {})
+                    if result.get("created") and on_created is not None:
+                        on_created()
+                    for event in result.get("events", []):
                         kv = event["kv"]
                         key = _unb64(kv["key"])
                         if event.get("type") == "DELETE":  # PUT is the enum's default, left out of the JSON
                             yield WatchEvent("delete", key, None)
                         else:
                             yield WatchEvent("put", key, Registration.from_json(_unb64(kv["value"])))
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError, KeyError) as exc:
             raise DiscoveryError(f"etcd watch at {self.url} failed: {exc}") from exc
+        if not stop.is_set():  # etcd closed the stream (restart, compaction): the caller reconnects
+            raise DiscoveryError(f"etcd watch at {self.url} ended")
 
 
 class Registrar:
@@ -343,15 +357,26 @@ class ServiceInstances:
         self.service = service
         self.fallback = parse_urls(fallback)
         self._last: Sequence[str] = ()
+        self._checks: dict[str, tuple[float, float]] = {}
 
     def urls(self) -> Sequence[str]:
         try:
-            found = self.registry.urls(self.service)
+            if isinstance(self.registry, EtcdRegistry):
+                registrations = self.registry.registrations(self.service)
+                found: Sequence[str] = [r.url for r in registrations]
+                self._checks = {r.url: (r.check_interval, r.check_timeout) for r in registrations}
+            else:
+                found = self.registry.urls(self.service)
         except DiscoveryError as exc:
             logger.warning("discovery of %s failed, keeping the instances known so far: %s", self.service, exc)
             return self._last or self.fallback
         self._last = found
         return found or self.fallback
+
+    def checks(self) -> Mapping[str, tuple[float, float]]:
+        """The (check interval, check timeout) each instance registered, by URL, as of the last
+        :meth:`urls` (etcd only; an instance missing here is checked with the reader's settings)."""
+        return self._checks
 
 
 class DiscoveredBaseUrl:

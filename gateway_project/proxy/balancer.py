@@ -2,10 +2,14 @@
 
 - An :class:`InstanceSource` lists a service's base URLs. Today that is :class:`StaticInstances`, read
   from ``*_SERVICE_URL`` (one URL or a comma-separated list); service discovery (DNS, etcd) plugs in by
-  returning another source from :func:`instance_source`. Sources are re-read on every active-check round,
-  so a dynamic one adds and drops instances without a restart.
-- Health, per gateway worker process: a daemon thread GETs each instance's ``/health/`` every
-  ``UPSTREAM_CHECK_INTERVAL`` seconds; a failed check ejects the instance, the next passing one readmits it
+  returning another source from :func:`instance_source`. Sources are re-read every
+  ``UPSTREAM_CHECK_INTERVAL``, so a dynamic one adds and drops instances without a restart. With etcd, one
+  daemon thread per worker process also watches the registry's prefix and re-reads a service as soon as
+  one of its keys is put or deleted (the watch only triggers re-reads: a missed event costs at most one
+  interval, never a wrong list); requests never wait on etcd.
+- Health, per gateway worker process: a daemon thread GETs each instance's ``/health/`` every check
+  interval, the one the instance registered (etcd) or else ``UPSTREAM_CHECK_INTERVAL``, with the registered
+  timeout or ``UPSTREAM_CHECK_TIMEOUT``; a failed check ejects the instance, the next passing one readmits it
   (one failure is enough, like nginx's ``max_fails=1``: a false ejection costs one interval, a missed one
   costs client errors). A connection error on a real call ejects it at once for ``UPSTREAM_EJECT_SECONDS``
   (passive), without waiting for the next check.
@@ -29,7 +33,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,6 +51,12 @@ POLICIES = ("least_outstanding", "round_robin", "random")
 class InstanceSource(Protocol):
     def urls(self) -> Sequence[str]:
         """The service's instances now, as base URLs without a trailing slash."""
+        ...
+
+
+class CheckedSource(InstanceSource, Protocol):
+    def checks(self) -> Mapping[str, tuple[float, float]]:
+        """The (check interval, check timeout) instances registered, by URL, as of the last :meth:`urls`."""
         ...
 
 
@@ -78,7 +88,10 @@ def instance_source(service: str) -> InstanceSource:
 
 
 class Instance:
-    __slots__ = ("check_failed", "ejected_until", "outstanding", "reason", "url")
+    __slots__ = (
+        "check_failed", "check_interval", "check_timeout", "checking", "ejected_until", "next_check_at",
+        "outstanding", "reason", "url",
+    )  # fmt: skip
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -86,6 +99,10 @@ class Instance:
         self.ejected_until = 0.0  # monotonic time a passive ejection ends
         self.check_failed = False  # the last active check failed
         self.reason = ""
+        self.check_interval = 0.0  # registered; 0: UPSTREAM_CHECK_INTERVAL
+        self.check_timeout = 0.0  # registered; 0: UPSTREAM_CHECK_TIMEOUT
+        self.next_check_at = 0.0  # monotonic; 0: at the checker's next tick
+        self.checking = False  # a check is in flight (a slow one is not doubled)
 
     def available(self, now: float) -> bool:
         return not self.check_failed and now >= self.ejected_until
@@ -99,18 +116,25 @@ class Balancer:
         self.policy = policy
         self._source = source
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # the watcher and the checker both refresh: no stale overwrite
         self._turn = itertools.count()
         self.instances: tuple[Instance, ...] = ()
         self.refresh()
 
     def refresh(self) -> None:
         """Follow the source: new instances join healthy, known ones keep their state."""
-        urls = self._source.urls()
-        if not urls:
-            raise ValueError(f"no instance is configured for the service {self.service!r}")
-        with self._lock:
-            known = {instance.url: instance for instance in self.instances}
-            self.instances = tuple(known.get(url) or Instance(url) for url in urls)
+        with self._refresh_lock:
+            urls = self._source.urls()
+            if not urls:
+                raise ValueError(f"no instance is configured for the service {self.service!r}")
+            checks_of = getattr(self._source, "checks", None)
+            checks: Mapping[str, tuple[float, float]] = checks_of() if checks_of else {}
+            with self._lock:
+                known = {instance.url: instance for instance in self.instances}
+                instances = tuple(known.get(url) or Instance(url) for url in urls)
+                for instance in instances:
+                    instance.check_interval, instance.check_timeout = checks.get(instance.url, (0.0, 0.0))
+                self.instances = instances
 
     def acquire(self, exclude: Collection[Instance] = ()) -> Instance:
         """An instance for one call (a retry passes the ones already tried); give it back with
@@ -202,6 +226,8 @@ def balancer(service: str) -> Balancer:
                 del _balancers[old]
             _balancers[key] = found
         _start_checker()
+        if settings.DISCOVERY_BACKEND == "etcd":
+            _start_watcher(settings.ETCD_URL, settings.ETCD_PREFIX)
     return found
 
 
@@ -215,12 +241,63 @@ def reset() -> None:
         _balancers.clear()
 
 
+_wake = threading.Event()  # set when instances change, so the checker reschedules at once
+
+
 def _start_checker() -> None:
     global _checker_pid
     if _checker_pid == os.getpid():
         return
     _checker_pid = os.getpid()
     threading.Thread(target=_check_forever, name="upstream-health", daemon=True).start()
+
+
+# The etcd watch: one thread per process (and etcd URL and prefix; a new configuration stops the old one
+# at its next message). Called with _registry_lock held.
+_watcher: tuple[int, str, str, threading.Event] | None = None
+WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX = 0.5, 30.0
+
+
+def _start_watcher(url: str, prefix: str) -> None:
+    global _watcher
+    if _watcher is not None and _watcher[:3] == (os.getpid(), url, prefix):
+        return
+    if _watcher is not None:
+        _watcher[3].set()
+    stop = threading.Event()
+    _watcher = (os.getpid(), url, prefix, stop)
+    registry = discovery.EtcdRegistry(url, prefix=prefix, timeout=settings.UPSTREAM_CHECK_TIMEOUT)
+    threading.Thread(target=_watch_forever, args=(registry, stop), name="discovery-watch", daemon=True).start()
+
+
+def _refresh_services(services: Collection[str] | None) -> None:
+    """Re-read the balancers of these services (all with None): outside the hot path, in the watcher."""
+    with _registry_lock:
+        current = [b for b in _balancers.values() if services is None or b.service in services]
+    for each in current:
+        try:
+            each.refresh()
+        except Exception:  # keep the instances known so far; the periodic re-read tries again
+            logger.exception("could not refresh the instances of %s", each.service)
+    _wake.set()
+
+
+def _watch_forever(registry: discovery.EtcdRegistry, stop: threading.Event) -> None:
+    backoff = WATCH_BACKOFF_MIN
+    while not stop.is_set():
+        try:
+            # re-read everything once the watch is set up: the events missed while it was down are not
+            # replayed, and the ones after this read are
+            for event in registry.watch(stop=stop, on_created=lambda: _refresh_services(None)):
+                backoff = WATCH_BACKOFF_MIN  # the watch works again
+                _refresh_services({registry.service_of(event.key)})
+        except discovery.DiscoveryError as exc:
+            logger.warning("etcd watch failed, retrying in %.1f s (the periodic re-read goes on): %s", backoff, exc)
+        except Exception:  # the watcher must outlive anything one event does
+            logger.exception("etcd watch failed, retrying in %.1f s", backoff)
+        if stop.wait(backoff):
+            return
+        backoff = min(backoff * 2, WATCH_BACKOFF_MAX)
 
 
 @functools.cache
@@ -243,30 +320,54 @@ def check_instance(url: str, timeout: float) -> tuple[bool, str]:
     return (True, "") if answer.status == 200 else (False, f"HTTP {answer.status}")
 
 
-def check_all(executor: ThreadPoolExecutor) -> None:
-    """One round: every instance of every service, in parallel."""
-    timeout = settings.UPSTREAM_CHECK_TIMEOUT
+def _check_one(each: Balancer, instance: Instance, timeout: float) -> None:
+    try:
+        passed, reason = check_instance(instance.url, timeout)
+        each.checked(instance, passed=passed, reason=reason)
+    finally:
+        instance.checking = False
+
+
+def check_due(executor: ThreadPoolExecutor, now: float) -> float:
+    """Start the checks that are due (each instance on its own interval), without waiting for them;
+    the monotonic time the next one is due."""
+    default_interval, default_timeout = settings.UPSTREAM_CHECK_INTERVAL, settings.UPSTREAM_CHECK_TIMEOUT
     with _registry_lock:
         current = list(_balancers.values())
-    jobs = []
+    next_due = now + default_interval
     for each in current:
-        try:
-            each.refresh()
-        except Exception:  # a discovery source failing keeps the instances known so far
-            logger.exception("could not refresh the instances of %s", each.service)
-        jobs += [(each, i, executor.submit(check_instance, i.url, timeout)) for i in each.instances]
-    for each, instance, future in jobs:
-        passed, reason = future.result()
-        each.checked(instance, passed=passed, reason=reason)
+        for instance in each.instances:
+            if instance.next_check_at <= now and not instance.checking:
+                instance.checking = True
+                instance.next_check_at = now + (instance.check_interval or default_interval)
+                executor.submit(_check_one, each, instance, instance.check_timeout or default_timeout)
+            next_due = min(next_due, instance.next_check_at)
+    return next_due
 
 
 def _check_forever() -> None:
+    refresh_at = 0.0
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="upstream-check") as executor:
         while True:
             interval = settings.UPSTREAM_CHECK_INTERVAL
-            if interval > 0:
-                try:
-                    check_all(executor)
-                except Exception:  # the checker must outlive any one bad round
-                    logger.exception("upstream health check round failed")
-            time.sleep(interval if interval > 0 else 5.0)
+            if interval <= 0:
+                time.sleep(5.0)
+                continue
+            now = time.monotonic()
+            next_due = now + interval
+            try:
+                if now >= refresh_at:  # the periodic re-read: the only one without etcd's watch
+                    refresh_at = now + interval
+                    with _registry_lock:
+                        current = list(_balancers.values())
+                    for each in current:
+                        try:
+                            each.refresh()
+                        except Exception:  # a discovery source failing keeps the instances known so far
+                            logger.exception("could not refresh the instances of %s", each.service)
+                next_due = min(check_due(executor, now), refresh_at)
+            except Exception:  # the checker must outlive any one bad round
+                logger.exception("upstream health check round failed")
+            # never busier than every 50 ms, whatever an instance registered
+            _wake.wait(max(next_due - time.monotonic(), 0.05))
+            _wake.clear()

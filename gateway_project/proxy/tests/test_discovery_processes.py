@@ -3,6 +3,9 @@ that register, stop and deregister while the gateway runs."""
 
 from __future__ import annotations
 
+import http.server
+import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,6 +106,98 @@ def test_a_registered_instance_gets_traffic_and_a_killed_one_stops_within_interv
         b.stop()
         wait_until(lambda: second.url not in listed(gateway), timeout=CHECK_INTERVAL * 4)
     a.stop()
+
+
+def test_the_watch_brings_registrations_and_deregistrations_long_before_a_check_interval(
+    tmp_path: Path, etcd: str, stubs: dict[str, StubUpstream], instances: tuple[RestartableStub, RestartableStub]
+) -> None:
+    first, second = instances
+    prefix = f"/test-{uuid.uuid4().hex}/"
+    registry = discovery.EtcdRegistry(etcd, prefix=prefix)
+    upstreams = {name: stub.url for name, stub in stubs.items()}
+    settings = {
+        "DISCOVERY_BACKEND": "etcd",
+        "ETCD_URL": etcd,
+        "ETCD_PREFIX": prefix,
+        "LOAD_BALANCER_POLICY": "round_robin",
+        # 30 s: nothing below happens within one re-read or check round of the gateway's own settings, so
+        # only the etcd watch and the instances' registered check interval can explain it
+        "UPSTREAM_CHECK_INTERVAL": "30",
+        "UPSTREAM_CHECK_TIMEOUT": "5",
+        "UPSTREAM_EJECT_SECONDS": "60",
+    }
+    a = register(registry, first, "orders-a")
+    with gateway_process(tmp_path, upstreams, workers=2, **settings) as gateway:
+        assert [gateway.request("GET", "/api/v1/products/")[0] for _ in range(4)] == [200] * 4
+        assert len(first.received) == 4
+
+        # when a second instance registers, the watch lists it at once and it gets its share of traffic
+        registered = time.monotonic()
+        b = register(registry, second, "orders-b")
+        wait_until(lambda: listed(gateway).get(second.url) == "healthy", timeout=3)
+        assert time.monotonic() - registered < 3
+        assert [gateway.request("GET", "/api/v1/products/")[0] for _ in range(10)] == [200] * 10
+        assert len(second.received) >= 4  # round robin in each of the two workers, however they split
+
+        # when it is killed while registered, its own check interval (0.5 s) ejects it, not the 30 s
+        second.stop()
+        killed = time.monotonic()
+        wait_until(lambda: listed(gateway)[second.url] == "ejected", timeout=5)
+        assert time.monotonic() - killed <= CHECK_INTERVAL + CHECK_TIMEOUT + 0.5  # slack: the health poll
+        second.start_again()
+        wait_until(lambda: listed(gateway)[second.url] == "healthy", timeout=3)
+
+        # when it deregisters (running and healthy), every worker drops it at once: no more traffic
+        b.stop()
+        deregistered = time.monotonic()
+        wait_until(lambda: second.url not in listed(gateway), timeout=3)
+        assert time.monotonic() - deregistered < 3
+        second.received.clear()
+        assert [gateway.request("GET", "/api/v1/products/")[0] for _ in range(10)] == [200] * 10
+        assert second.received == []
+    a.stop()
+
+
+class _FailingEtcd(http.server.BaseHTTPRequestHandler):
+    """An etcd whose watch ends at once (a restart, a compaction): 200 and no stream."""
+
+    attempts: list[float]
+
+    def do_POST(self) -> None:
+        self.attempts.append(time.monotonic())
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_failing_watch_reconnects_with_backoff_and_stops_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[float] = []
+    handler = type("Handler", (_FailingEtcd,), {"attempts": attempts})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(balancer, "WATCH_BACKOFF_MIN", 0.05)
+    registry = discovery.EtcdRegistry(f"http://127.0.0.1:{server.server_address[1]}", prefix="/x/")
+    stop = threading.Event()
+    watcher = threading.Thread(target=balancer._watch_forever, args=(registry, stop), daemon=True)
+    try:
+        watcher.start()
+        wait_until(lambda: len(attempts) >= 4, timeout=5)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+        # 0.05, 0.1, 0.2 s: doubling, not hammering etcd
+        assert gaps[0] >= 0.04
+        assert gaps[2] >= 0.18
+        # and the watcher is still there, retrying; told to stop, it ends during its backoff
+        assert watcher.is_alive()
+        stop.set()
+        watcher.join(timeout=5)
+        assert not watcher.is_alive()
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_dns_backend_gives_the_gateway_one_instance_per_address() -> None:
