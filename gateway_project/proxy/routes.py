@@ -27,10 +27,12 @@ SERVICES = ("users", "orders", "payments")
 @dataclass(frozen=True)
 class UpstreamPolicy:
     """How the gateway calls the service for a route (see proxy/upstream.py). Timeouts are in seconds;
-    None takes the UPSTREAM_* settings. ``retries``: extra attempts for an idempotent request (GET, HEAD,
-    OPTIONS, PUT, DELETE, or any carrying Idempotency-Key), within the deadline and the service's retry
-    budget. ``stale_fallback``: while the service is down or its breaker open, answer a GET with a
-    recent copy of an earlier anonymous 200 marked ``X-Cache: stale`` instead of the 503."""
+    None takes the config center's ``upstream.connect_timeout`` / ``upstream.read_timeout`` if set, else the
+    UPSTREAM_* settings. ``retries``: extra attempts for an idempotent request (GET, HEAD, OPTIONS, PUT,
+    DELETE, or any carrying Idempotency-Key), within the deadline and the service's retry budget.
+    ``stale_fallback``: while the service is down or its breaker open, answer a GET with a recent copy of
+    an earlier anonymous 200 marked ``X-Cache: stale`` instead of the 503 (unless the config center's
+    ``feature.stale_fallback`` is false)."""
 
     connect_timeout: float | None = None
     read_timeout: float | None = None

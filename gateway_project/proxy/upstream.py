@@ -28,6 +28,7 @@ from urllib3.exceptions import (
 )
 
 from common.errors import ApplicationError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from configcenter import runtime as runtime_config
 from proxy import balancer, breakers, fallback, retries
 from proxy.routes import DEFAULT_UPSTREAM, UpstreamPolicy
 
@@ -59,7 +60,9 @@ def connection_pool(base_url: str) -> HTTPConnectionPool:
     return pool_manager().connection_from_host(host, port, scheme)
 
 
-@functools.cache
+# Bounded: near the deadline the timeouts are the time left, a new float on every call (the catalog's 8 s
+# deadline is below the 15 s read timeout), and the config center can change them at any time.
+@functools.lru_cache(maxsize=128)
 def timeout(connect: float, read: float) -> urllib3.Timeout:
     return urllib3.Timeout(connect=connect, read=read)
 
@@ -103,13 +106,16 @@ def send(
     :class:`UpstreamBody` releases the connection). Failures raise the upstream errors of
     :mod:`common.errors`: 503 when nothing reached the service (:class:`CircuitOpen` while its breaker
     is open), 504 when it did not answer in time, 502 when the exchange broke."""
+    # The feature.stale_fallback flag (config center, default on) switches the fallback off for every
+    # route at runtime: then no copy is served, nor taken.
+    stale = policy.stale_fallback and method == "GET" and runtime_config.value("feature.stale_fallback") is not False
     try:
         answer = _send(service, method, target, headers=headers, body=body, policy=policy)
     except (UpstreamUnavailable, UpstreamTimeout, UpstreamError):
-        if policy.stale_fallback and method == "GET" and (copy := fallback.stale_copy(service, target)):
+        if stale and (copy := fallback.stale_copy(service, target)):
             return Answer(copy, instance="stale-copy")
         raise
-    if policy.stale_fallback and method == "GET":
+    if stale:
         if answer.status in RETRIED_STATUSES and (copy := fallback.stale_copy(service, target)):
             UpstreamBody(answer).close()
             return Answer(copy, instance="stale-copy")
@@ -122,8 +128,15 @@ def _send(
     service: str, method: str, target: str, *, headers: dict[str, str], body: bytes | None, policy: UpstreamPolicy
 ) -> Answer:
     deadline = time.monotonic() + (policy.deadline or settings.UPSTREAM_DEADLINE)
-    connect_timeout = policy.connect_timeout or settings.UPSTREAM_CONNECT_TIMEOUT
-    read_timeout = policy.read_timeout or settings.UPSTREAM_READ_TIMEOUT
+    # A route's own timeout wins (it was chosen for that route); otherwise the config center's current
+    # value, otherwise the setting. Read per call from the worker's in-memory view: a new version applies
+    # to the next request.
+    connect_timeout = (
+        policy.connect_timeout or runtime_config.value("upstream.connect_timeout") or settings.UPSTREAM_CONNECT_TIMEOUT
+    )
+    read_timeout = (
+        policy.read_timeout or runtime_config.value("upstream.read_timeout") or settings.UPSTREAM_READ_TIMEOUT
+    )
     instances = balancer.balancer(service)
     breaker = breakers.breaker(service)
     budget = retries.budget(service)
