@@ -27,7 +27,6 @@ import json
 import logging
 import socket
 import threading
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -377,48 +376,3 @@ class ServiceInstances:
         """The (check interval, check timeout) each instance registered, by URL, as of the last
         :meth:`urls` (etcd only; an instance missing here is checked with the reader's settings)."""
         return self._checks
-
-
-class DiscoveredBaseUrl:
-    """The base URL for each call of a service client: round robin over the discovered instances, re-read
-    at most every ``refresh_seconds``, skipping for ``eject_seconds`` an instance a call could not connect
-    to. The gateway has the full balancer (active checks, least-outstanding); a service calling another
-    makes few calls, and this keeps it to what those need without a checker thread in every process."""
-
-    def __init__(
-        self, source: Callable[[], Sequence[str]], *, refresh_seconds: float = 5.0, eject_seconds: float = 10.0
-    ) -> None:
-        self._source = source
-        self.refresh_seconds = refresh_seconds
-        self.eject_seconds = eject_seconds
-        self._lock = threading.Lock()
-        self._urls: tuple[str, ...] = ()
-        self._read_at = float("-inf")
-        self._turn = 0
-        self._ejected: dict[str, float] = {}
-
-    def urls(self) -> tuple[str, ...]:
-        now = time.monotonic()
-        if now - self._read_at >= self.refresh_seconds or not self._urls:
-            try:
-                fresh = tuple(self._source())
-            except DiscoveryError as exc:  # keep the instances known so far
-                logger.warning("discovery failed, keeping %d known instances: %s", len(self._urls), exc)
-                fresh = self._urls
-            with self._lock:
-                self._urls, self._read_at = fresh, now
-        return self._urls
-
-    def pick(self) -> str:
-        urls = self.urls()
-        if not urls:
-            raise DiscoveryError("no instance is known")
-        now = time.monotonic()
-        with self._lock:
-            available = [url for url in urls if self._ejected.get(url, 0.0) <= now] or list(urls)  # fail open
-            self._turn += 1
-            return available[self._turn % len(available)]
-
-    def eject(self, url: str) -> None:
-        with self._lock:
-            self._ejected[url] = time.monotonic() + self.eject_seconds

@@ -8,6 +8,9 @@ What is measured:
   ``common`` app is ready, so every worker has them).
 - At scrape time, from the same figures the health checks show: outbox pending count and the age of the
   oldest pending event, dead-letter depth per consumer queue.
+- At scrape time, the circuit breaker of each service this one calls (``service_client_breaker_state``,
+  shaped like the gateway's ``gateway_breaker_state``) and the health of its instances
+  (``service_client_instance_up``), as the scraped process sees them (common.http's tracked clients).
 
 gunicorn runs several worker processes and a Celery worker several pool processes; a scrape reaches one
 of them. With ``PROMETHEUS_MULTIPROC_DIR`` set (the launcher sets it per service for the web process and its
@@ -164,6 +167,45 @@ class EventStateCollector(Collector):
 
 _REGISTRY.register(EventStateCollector())
 
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class ServiceClientCollector(Collector):
+    """The service clients of this process (common.http.service_client): 1 for each called service's
+    current breaker state and 0 for the others (the enum-as-gauge form, so
+    ``service_client_breaker_state{state="open"} == 1`` alerts), and 1 per instance the balancer would
+    pick (0 while ejected: a failed health check or a refused connection)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from common.http import tracked_clients  # requests and DRF's errors: loaded when scraped
+
+        states = GaugeMetricFamily(
+            "service_client_breaker_state",
+            "Circuit breaker state per called service: 1 for the current state.",
+            labels=["target", "state"],
+        )
+        instances = GaugeMetricFamily(
+            "service_client_instance_up",
+            "Instances of each called service: 1 when calls may go to it, 0 while it is ejected.",
+            labels=["target", "instance"],
+        )
+        now = time.monotonic()
+        for client in sorted(tracked_clients(), key=lambda each: each.audience):
+            try:
+                current = client.breaker.state
+            except Exception:  # a broken threshold source must not break the whole scrape
+                logger.exception("metrics: reading the breaker of %s failed", client.audience)
+            else:
+                for state in BREAKER_STATES:
+                    states.add_metric([client.audience, state], 1.0 if current == state else 0.0)
+            for instance in client.balancer.instances:
+                instances.add_metric([client.audience, instance.url], 1.0 if instance.available(now) else 0.0)
+        yield states
+        yield instances
+
+
+_REGISTRY.register(ServiceClientCollector())
+
 
 def exposition() -> bytes:
     """The metrics in Prometheus' text format: every process's in multiprocess mode, else this one's."""
@@ -174,6 +216,7 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     registry.register(EventStateCollector())
+    registry.register(ServiceClientCollector())
     return generate_latest(registry)
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rdataclass
@@ -22,10 +23,9 @@ import dns.rrset
 import pytest
 
 from common import discovery
-from common.errors import UpstreamUnavailable
 from common.etcd_testing import etcd_url
-from common.http import CircuitBreaker, ServiceClient
-from tests.loopback import LoopbackServer, Reply, closed_port, loopback_server
+from common.http import forget_clients, service_client
+from tests.loopback import closed_port, loopback_server
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> float:
@@ -277,65 +277,31 @@ def test_a_killed_gunicorn_instance_disappears_after_its_ttl(etcd: str) -> None:
         server.wait()
 
 
-# the service client: round robin over discovered instances, ejection, circuit breaker ---------------------
+# the service client through etcd: the same watch as the gateway's ------------------------------------
 
 
-def test_the_service_client_spreads_calls_over_the_instances_and_skips_one_it_cannot_reach() -> None:
+def test_a_service_client_reaches_a_second_instance_as_soon_as_it_registers(etcd: str, settings: Any) -> None:
+    settings.DISCOVERY_BACKEND, settings.ETCD_URL = "etcd", etcd
+    settings.ETCD_PREFIX = f"/test-{uuid.uuid4().hex}/"
+    settings.DISCOVERY_REFRESH_SECONDS = 600.0  # only the watch can bring the second one in time
+    settings.SERVICE_CHECK_INTERVAL = 0.0
+    settings.SERVICE_BREAKER_REDIS_URL = ""
+    registry = discovery.EtcdRegistry(etcd, prefix=settings.ETCD_PREFIX)
     with loopback_server() as first, loopback_server() as second:
-        dead = f"http://127.0.0.1:{closed_port()}"
-        urls = [first.url, second.url, dead]
-        client = ServiceClient(
-            base_url=first.url, caller="orders", audience="users", secret="s" * 32, retries=0,
-            instances=discovery.DiscoveredBaseUrl(lambda: urls),
-        )  # fmt: skip
-        failures = 0
-        for _ in range(9):
-            try:
+        registrars = [
+            discovery.Registrar(registry, registration("users", int(server.url.rsplit(":", 1)[1]), name), ttl=5)
+            for server, name in ((first, "a"), (second, "b"))
+        ]
+        registrars[0].start()
+        try:
+            client = service_client(audience="users", base_url=f"http://127.0.0.1:{closed_port()}")
+            assert [i.url for i in client.balancer.instances] == [first.url]  # not the fallback URL
+            registrars[1].start()
+            wait_for(lambda: len(client.balancer.instances) == 2, timeout=5)
+            for _ in range(4):
                 client.request("GET", "/ping")
-            except UpstreamUnavailable:
-                failures += 1
-        assert failures == 1  # the dead one once, then it is ejected
-        assert len(first.requests_to("/ping")) >= 3
-        assert len(second.requests_to("/ping")) >= 3
-
-
-def test_a_second_instance_is_used_once_discovery_lists_it(server: LoopbackServer) -> None:
-    with loopback_server() as later:
-        urls = [server.url]
-        instances = discovery.DiscoveredBaseUrl(lambda: list(urls), refresh_seconds=0.2)
-        client = ServiceClient(base_url=server.url, caller="o", audience="users", secret="s" * 32, instances=instances)
-        client.request("GET", "/ping")
-        urls.append(later.url)
-        time.sleep(0.25)
-        for _ in range(4):
-            client.request("GET", "/ping")
-        assert len(later.requests_to("/ping")) == 2
-
-
-def test_the_breaker_opens_after_consecutive_failures_and_a_success_closes_it(server: LoopbackServer) -> None:
-    breaker = CircuitBreaker(failures=2, reset_seconds=0.3)
-    client = ServiceClient(
-        base_url=server.url, caller="o", audience="users", secret="s" * 32, retries=0, breaker=breaker
-    )
-    server.answer(Reply(status=500), Reply(status=500))
-    client.request("GET", "/a")
-    client.request("GET", "/a")
-    assert breaker.state == "open"
-    with pytest.raises(UpstreamUnavailable) as refused:
-        client.request("GET", "/a")
-    assert refused.value.details == {"service": "users", "breaker": "open"}
-    assert len(server.requests_to("/a")) == 2  # refused without a call
-    time.sleep(0.35)
-    server.answer(Reply(status=200))
-    assert client.request("GET", "/a").status_code == 200  # the half-open probe
-    assert breaker.state == "closed"
-
-
-def test_a_failed_half_open_probe_opens_the_breaker_again() -> None:
-    breaker = CircuitBreaker(failures=1, reset_seconds=0.2)
-    breaker.record(ok=False)
-    time.sleep(0.25)
-    assert breaker.allow()
-    assert not breaker.allow()  # one probe at a time
-    breaker.record(ok=False)
-    assert breaker.state == "open"
+            assert len(first.requests_to("/ping")) == len(second.requests_to("/ping")) == 2
+        finally:
+            for registrar in registrars:
+                registrar.stop()
+            forget_clients()

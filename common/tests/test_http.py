@@ -1,18 +1,23 @@
-"""The service client against a real HTTP server on loopback: what it sends, and when it tries again."""
+"""The service client against real HTTP servers on loopback: what it sends, when it tries again and on which
+instance, its circuit breaker, and the clients service_client wires to the settings."""
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
+from typing import Any
 
 import pytest
 import requests
 
+from common.balancing import Balancer, StaticInstances
+from common.breakers import Breaker, SharedStates
 from common.errors import UpstreamTimeout, UpstreamUnavailable
-from common.http import ServiceClient
+from common.http import ServiceClient, service_client, tracked_clients
 from common.internal_auth import Principal, verify_assertion
 from common.request_id import reset_request_id, set_request_id
-from tests.loopback import LoopbackServer, Reply, closed_port
+from tests.loopback import HangUpServer, LoopbackServer, Reply, closed_port, loopback_server, unanswered_port
 
 SECRET = "the-internal-secret-the-services-share-0123456789"
 
@@ -151,3 +156,205 @@ def test_proxy_settings_in_the_environment_are_ignored(server: LoopbackServer, m
 
     assert response.status_code == 200
     assert len(server.received) == 1
+
+
+# several instances, the breaker ------------------------------------------------------------------------
+
+
+def balanced_client(
+    *urls: str, policy: str = "round_robin", connect_timeout: float = 1.0, **options: Any
+) -> ServiceClient:
+    return ServiceClient(
+        base_url=urls[0],
+        caller="orders",
+        audience="users",
+        secret=SECRET,
+        connect_timeout=connect_timeout,
+        read_timeout=1.0,
+        balancer=Balancer("users", StaticInstances(urls), policy),
+        **options,
+    )
+
+
+def test_calls_are_spread_over_the_instances_and_one_refusing_connections_fails_none() -> None:
+    with loopback_server() as first, loopback_server() as second:
+        dead = f"http://127.0.0.1:{closed_port()}"
+        client = balanced_client(first.url, second.url, dead, policy="least_outstanding")
+
+        for _ in range(9):
+            assert client.request("GET", "/ping").status_code == 200  # the dead one's call is retried elsewhere
+
+        assert len(first.requests_to("/ping")) >= 4
+        assert len(second.requests_to("/ping")) >= 4
+        [ejected] = [i for i in client.balancer.status() if i["status"] == "ejected"]
+        assert (ejected["url"], ejected["reason"]) == (dead, "unreachable")
+        assert client.breaker.state == "closed"  # the successes in between keep it closed
+
+
+def test_a_post_refused_by_one_instance_is_sent_to_another_since_nothing_was_sent(server: LoopbackServer) -> None:
+    server.answer(Reply(201, {"id": 1}))
+    dead = f"http://127.0.0.1:{closed_port()}"
+    client = balanced_client(dead, server.url)
+
+    assert client.request("POST", "/api/v1/payments/", json={}).status_code == 201
+    assert len(server.received) == 1
+
+
+def test_a_post_whose_connection_breaks_after_sending_is_not_retried() -> None:
+    with HangUpServer() as hang_up:
+        with pytest.raises(UpstreamUnavailable) as raised:
+            balanced_client(hang_up.url).request("POST", "/api/v1/payments/", json={})
+        assert raised.value.details == {"service": "users"}
+        assert hang_up.requests == 1  # the charge may have happened: never sent twice
+
+        with pytest.raises(UpstreamUnavailable):
+            balanced_client(hang_up.url).request("GET", "/api/v1/payments/1/")
+        assert hang_up.requests == 1 + 3  # an idempotent read is tried again
+        client = balanced_client(hang_up.url)
+        with pytest.raises(UpstreamUnavailable):
+            client.request("POST", "/x/")
+        assert client.balancer.status()[0]["status"] == "healthy"  # it accepted the connection: not ejected
+
+
+def test_a_connect_timeout_ejects_the_instance_and_a_post_goes_to_another(server: LoopbackServer) -> None:
+    with unanswered_port() as port:
+        silent = f"http://127.0.0.1:{port}"
+        client = balanced_client(silent, server.url, connect_timeout=0.2)
+
+        assert client.request("POST", "/a").status_code == 200  # nothing was sent to the silent one
+
+        assert client.balancer.status()[0] == {
+            "url": silent, "status": "ejected", "reason": "connect timeout", "outstanding": 0
+        }  # fmt: skip
+        with pytest.raises(UpstreamTimeout) as raised:
+            balanced_client(silent, connect_timeout=0.2).request("POST", "/a")
+        assert raised.value.details == {"service": "users"}
+
+
+def test_a_get_answered_503_by_one_instance_is_retried_on_the_other() -> None:
+    with loopback_server() as failing, loopback_server() as working:
+        failing.answer(Reply(503))
+        client = balanced_client(failing.url, working.url)
+
+        for _ in range(2):
+            assert client.request("GET", "/ping").status_code == 200
+
+        assert len(working.requests_to("/ping")) == 2
+        assert len(failing.requests_to("/ping")) <= 2
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_a_half_open_probe_closes_it(server: LoopbackServer) -> None:
+    breaker = Breaker("users", failures=2, reset_timeout=0.3)
+    client = balanced_client(server.url, retries=0, breaker=breaker)
+    server.answer(Reply(500))
+    client.request("GET", "/a")
+    client.request("GET", "/a")
+    assert breaker.state == "open"
+
+    with pytest.raises(UpstreamUnavailable) as refused:
+        client.request("GET", "/a")
+    assert refused.value.details == {"service": "users", "breaker": "open"}
+    assert len(server.requests_to("/a")) == 2  # refused without a call
+
+    time.sleep(0.35)
+    server.answer(Reply(200))
+    assert client.request("GET", "/a").status_code == 200  # the half-open probe
+    assert breaker.state == "closed"
+
+
+def test_a_call_feeds_the_breaker_once_with_its_outcome_after_the_retries(server: LoopbackServer) -> None:
+    client = balanced_client(
+        f"http://127.0.0.1:{closed_port()}", breaker=Breaker("users", failures=2, reset_timeout=10)
+    )
+    with pytest.raises(UpstreamUnavailable):
+        client.request("GET", "/a")  # three attempts, one failed call
+    assert client.breaker.state == "closed"
+    with pytest.raises(UpstreamUnavailable):
+        client.request("GET", "/a")
+    assert client.breaker.state == "open"
+
+    # a dead instance whose call succeeds on a retry elsewhere is the balancer's business only
+    healthy = balanced_client(
+        f"http://127.0.0.1:{closed_port()}", server.url, breaker=Breaker("users", failures=1, reset_timeout=10)
+    )
+    assert healthy.request("POST", "/a").status_code == 200
+    assert healthy.breaker.state == "closed"
+
+
+# service_client: the calling service's settings ---------------------------------------------------------
+
+
+@pytest.fixture
+def client_settings(settings: Any) -> Any:
+    settings.DISCOVERY_BACKEND = "static"
+    settings.SERVICE_CHECK_INTERVAL = 0.0
+    settings.SERVICE_BREAKER_REDIS_URL = ""
+    return settings
+
+
+def test_service_client_takes_its_instances_and_thresholds_from_the_settings(
+    client_settings: Any, server: LoopbackServer
+) -> None:
+    client_settings.SERVICE_BREAKER_FAILURES, client_settings.SERVICE_BREAKER_RESET_SECONDS = 4, 7.0
+    client_settings.SERVICE_CONNECT_TIMEOUT, client_settings.SERVICE_READ_TIMEOUT = 0.5, 3.0
+    client_settings.SERVICE_LOAD_BALANCER_POLICY = "random"
+    dead = f"http://127.0.0.1:{closed_port()}"
+
+    client = service_client(audience="users", base_url=f"{server.url}, {dead}")
+
+    assert [i.url for i in client.balancer.instances] == [server.url, dead]
+    assert client.balancer.policy == "random"
+    assert (client.breaker.max_failures, client.breaker.reset_timeout) == (4, 7.0)
+    assert client.timeout == (0.5, 3.0)
+    assert client.caller == "test"
+    assert tracked_clients() == [client]
+    assert client.request("GET", "/ping").status_code == 200
+
+
+def test_service_client_thresholds_may_change_at_runtime(client_settings: Any) -> None:
+    current = {"failures": 5}
+    client = service_client(
+        audience="users", base_url=f"http://127.0.0.1:{closed_port()}", failures=lambda: current["failures"]
+    )
+    current["failures"] = 1  # the breaker that exists takes it, no new client needed
+
+    with pytest.raises(UpstreamUnavailable):
+        client.request("POST", "/a")
+    assert client.breaker.state == "open"
+
+
+def test_service_client_checks_its_instances_and_readmits_one_that_passes_again(
+    client_settings: Any, server: LoopbackServer
+) -> None:
+    client_settings.SERVICE_CHECK_INTERVAL, client_settings.SERVICE_CHECK_TIMEOUT = 0.1, 0.5
+    with loopback_server() as other:
+        client = service_client(audience="users", base_url=f"{server.url},{other.url}")
+        server.answer(Reply(503))  # its /health/ fails
+        deadline = time.monotonic() + 5
+        while client.balancer.status()[0]["status"] != "ejected":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.answer(Reply(200))
+        while client.balancer.status()[0]["status"] != "healthy":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_service_client_breakers_share_their_state_through_redis(client_settings: Any, redis_url: str) -> None:
+    client_settings.SERVICE_BREAKER_REDIS_URL = redis_url
+    client_settings.SERVICE_BREAKER_REDIS_PREFIX = prefix = f"test-breaker-{uuid.uuid4().hex}"
+    client_settings.SERVICE_BREAKER_SYNC_INTERVAL = 0.05
+    client = service_client(audience="users", base_url=f"http://127.0.0.1:{closed_port()}", failures=1)
+
+    with pytest.raises(UpstreamUnavailable):
+        client.request("POST", "/a")
+
+    # another process of this service sees it open
+    other_process = SharedStates(redis_url, prefix)
+    assert other_process.read(["users"])["users"][0] == "open"
+    # and this one adopts what another process writes
+    other_process.publish("users", "closed", time.time() + 1)
+    deadline = time.monotonic() + 5
+    while client.breaker.state != "closed":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

@@ -1,15 +1,20 @@
 """A service's /metrics (common.metrics): HTTP by route and status, Celery task outcomes, outbox and dead-letter
-figures read at scrape time, and the guard that shows it to internal networks only."""
+figures and the service clients' breakers and instances read at scrape time, and the guard that shows it to
+internal networks only."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from django.test import Client
 
+from common.errors import UpstreamUnavailable
+from common.http import service_client
 from common.testing import EventBroker
 from tests.celery_app import app as celery_app
+from tests.loopback import LoopbackServer, closed_port
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -91,3 +96,23 @@ def test_the_allowed_networks_are_configurable(settings: object) -> None:
 
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client().get("/metrics").status_code == 404
+
+
+def test_the_service_clients_breaker_states_and_instances_are_exported(settings: Any, server: LoopbackServer) -> None:
+    settings.DISCOVERY_BACKEND, settings.SERVICE_CHECK_INTERVAL, settings.SERVICE_BREAKER_REDIS_URL = "static", 0, ""
+    settings.SERVICE_BREAKER_FAILURES = 1
+    dead = f"http://127.0.0.1:{closed_port()}"
+    payments = service_client(audience="payments", base_url=dead)
+    users = service_client(audience="users", base_url=server.url)
+    users.request("GET", "/ping")
+
+    with pytest.raises(UpstreamUnavailable):  # a real port that refuses: the breaker trips
+        payments.request("POST", "/api/v1/payments/", json={})
+    text = scrape(Client())
+
+    assert sample(text, "service_client_breaker_state", target="payments", state="open") == 1
+    assert sample(text, "service_client_breaker_state", target="payments", state="closed") == 0
+    assert sample(text, "service_client_breaker_state", target="users", state="closed") == 1
+    assert sample(text, "service_client_breaker_state", target="users", state="half_open") == 0
+    assert sample(text, "service_client_instance_up", target="payments", instance=dead) == 0  # ejected
+    assert sample(text, "service_client_instance_up", target="users", instance=server.url) == 1

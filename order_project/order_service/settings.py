@@ -121,7 +121,8 @@ SPECTACULAR_SETTINGS = {
 # The services this one calls. In development the launcher points these at the local ports.
 USER_SERVICE_URL = config("USER_SERVICE_URL", default="http://127.0.0.1:8001")
 PAYMENT_SERVICE_URL = config("PAYMENT_SERVICE_URL", default="http://127.0.0.1:8003")
-# Each may be a comma-separated list; service discovery (common/common/discovery.py) as in the gateway.
+# Each may be a comma-separated list; service discovery, balancing and breakers as in the gateway
+# (common/common/http.py service_client).
 DISCOVERY_BACKEND = config("DISCOVERY_BACKEND", default="static")
 ETCD_URL = config("ETCD_URL", default="http://127.0.0.1:2379")
 ETCD_PREFIX = config("ETCD_PREFIX", default="/shop/services/")
@@ -131,6 +132,14 @@ SERVICE_BREAKER_FAILURES = config("SERVICE_BREAKER_FAILURES", default=5, cast=in
 SERVICE_BREAKER_RESET_SECONDS = config("SERVICE_BREAKER_RESET_SECONDS", default=10.0, cast=float)
 SERVICE_CONNECT_TIMEOUT = config("SERVICE_CONNECT_TIMEOUT", default=2.0, cast=float)
 SERVICE_READ_TIMEOUT = config("SERVICE_READ_TIMEOUT", default=5.0, cast=float)
+SERVICE_LOAD_BALANCER_POLICY = config("SERVICE_LOAD_BALANCER_POLICY", default="least_outstanding")
+SERVICE_CHECK_INTERVAL = config("SERVICE_CHECK_INTERVAL", default=5.0, cast=float)  # 0: passive ejection only
+SERVICE_CHECK_TIMEOUT = config("SERVICE_CHECK_TIMEOUT", default=1.0, cast=float)
+SERVICE_EJECT_SECONDS = config("SERVICE_EJECT_SECONDS", default=10.0, cast=float)
+# The clients' breaker states are shared by this service's processes through Redis when REDIS_URL is set.
+SERVICE_BREAKER_REDIS_URL = config("REDIS_URL", default="")
+SERVICE_BREAKER_REDIS_PREFIX = config("SERVICE_BREAKER_REDIS_PREFIX", default=f"{SERVICE_NAME}:breaker")
+SERVICE_BREAKER_SYNC_INTERVAL = config("SERVICE_BREAKER_SYNC_INTERVAL", default=1.0, cast=float)
 
 # The order saga (orders.saga). A step that calls the payment service holds the order for the lease, which
 # must outlast that call (connect and read timeouts, retries); an unknown outcome is asked about again
@@ -145,8 +154,10 @@ ORDER_SAGA_SWEEP_INTERVAL = config("ORDER_SAGA_SWEEP_INTERVAL", default=2.0, cas
 IDEMPOTENCY_KEY_TTL = config("IDEMPOTENCY_KEY_TTL", default=86400, cast=int)
 IDEMPOTENCY_LOCK_TIMEOUT = config("IDEMPOTENCY_LOCK_TIMEOUT", default=60, cast=int)
 
-# This service publishes events but consumes none yet.
-EVENT_HANDLERS: dict[str, str] = {}
+# Events this service reacts to, and the handler for each (its event worker, started by the launcher).
+EVENT_HANDLERS = {
+    "config.changed": "common.runtime_config.on_config_changed",
+}
 
 # Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the
 # inbox that makes handling idempotent, and the retry/dead-letter policy of this service's event worker.
@@ -179,13 +190,22 @@ CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
-CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)] if EVENT_HANDLERS else []
+CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)]
 
 # Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
-# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds.
+# read with runtime_config.get(key, <setting>), kept current by a watcher thread per process: at once on
+# config.changed (EVENT_HANDLERS: this service's event worker announces the version in a marker every
+# process reads every CONFIG_MARKER_INTERVAL seconds), and after CONFIG_TTL seconds as a backstop.
 CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
 CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
 CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+CONFIG_MARKER_INTERVAL = config("CONFIG_MARKER_INTERVAL", default=1.0, cast=float)
+# The marker lives where all of this service's processes see it: the Redis cache when REDIS_URL is set, else
+# (embedded mode, whose cache is per process) files in this folder.
+CONFIG_MARKER_DIR = config(
+    "CONFIG_MARKER_DIR",
+    default="" if config("REDIS_URL", default="") else str(VAR_DIR / "config-marker" / SERVICE_NAME),
+)
 
 # /metrics answers only peers in these networks (the socket's address; headers are never believed).
 METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())

@@ -15,7 +15,8 @@ from configcenter import runtime
 from configcenter.models import ConfigVersion, OutboxEvent
 from configcenter.schema import InvalidConfig
 from configcenter.services import VersionConflict, save_version
-from proxy.breakers import Breaker, BreakerOpen
+from proxy import breakers
+from proxy.breakers import BreakerOpen
 
 pytestmark = pytest.mark.django_db
 
@@ -217,8 +218,10 @@ def test_the_gateway_loads_a_new_version_on_refresh_and_ignores_values_the_schem
     assert runtime.current() == (2, {"breaker.failures": 4})
 
 
-def test_existing_breakers_take_their_thresholds_from_the_loaded_version() -> None:
-    breaker = Breaker("orders", failures=5, reset_timeout=10.0, probes=1, shared=None)  # the settings' values
+def test_existing_breakers_take_their_thresholds_from_the_loaded_version(settings: Any) -> None:
+    settings.BREAKER_FAILURES, settings.BREAKER_RESET_TIMEOUT, settings.BREAKER_REDIS_URL = 5, 10.0, ""
+    breakers.reset()
+    breaker = breakers.breaker("orders")  # made with the settings' values, before the version is loaded
     save_version(
         service="gateway", profile="default", values={"breaker.failures": 2, "breaker.reset_timeout": 30}, author="ann"
     )
@@ -231,3 +234,4 @@ def test_existing_breakers_take_their_thresholds_from_the_loaded_version() -> No
     with pytest.raises(BreakerOpen) as refused:
         breaker.admit()
     assert refused.value.retry_after > 10  # the 30 s cool-down, not the setting's 10
+    breakers.reset()  # no open breaker for the next test

@@ -3,9 +3,6 @@ that register, stop and deregister while the gateway runs."""
 
 from __future__ import annotations
 
-import http.server
-import itertools
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -156,48 +153,6 @@ def test_the_watch_brings_registrations_and_deregistrations_long_before_a_check_
         assert [gateway.request("GET", "/api/v1/products/")[0] for _ in range(10)] == [200] * 10
         assert second.received == []
     a.stop()
-
-
-class _FailingEtcd(http.server.BaseHTTPRequestHandler):
-    """An etcd whose watch ends at once (a restart, a compaction): 200 and no stream."""
-
-    attempts: list[float]
-
-    def do_POST(self) -> None:
-        self.attempts.append(time.monotonic())
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_a_failing_watch_reconnects_with_backoff_and_stops_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    attempts: list[float] = []
-    handler = type("Handler", (_FailingEtcd,), {"attempts": attempts})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(balancer, "WATCH_BACKOFF_MIN", 0.05)
-    registry = discovery.EtcdRegistry(f"http://127.0.0.1:{server.server_address[1]}", prefix="/x/")
-    stop = threading.Event()
-    watcher = threading.Thread(target=balancer._watch_forever, args=(registry, stop), daemon=True)
-    try:
-        watcher.start()
-        wait_until(lambda: len(attempts) >= 4, timeout=5)
-        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
-        # 0.05, 0.1, 0.2 s: doubling, not hammering etcd
-        assert gaps[0] >= 0.04
-        assert gaps[2] >= 0.18
-        # and the watcher is still there, retrying; told to stop, it ends during its backoff
-        assert watcher.is_alive()
-        stop.set()
-        watcher.join(timeout=5)
-        assert not watcher.is_alive()
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_dns_backend_gives_the_gateway_one_instance_per_address() -> None:

@@ -5,6 +5,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +16,7 @@ import responses
 from django.conf import settings
 from requests import PreparedRequest
 
+from common.http import forget_clients
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import Principal, verify_assertion
 from orders.clients import payment_service_client, user_service_client
@@ -193,6 +195,9 @@ def forget_service_clients() -> None:
     """New clients for the next calls: their circuit breakers and instance lists start afresh."""
     user_service_client.cache_clear()
     payment_service_client.cache_clear()
+    forget_clients()
+    # Real mode shares breaker states through Redis: a fresh prefix, so no state from before is adopted.
+    settings.SERVICE_BREAKER_REDIS_PREFIX = f"test-breaker-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(autouse=True)
