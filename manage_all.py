@@ -59,6 +59,8 @@ class Service:
     health_path: str
     prepare: tuple[tuple[str, ...], ...]
     worker_queues: tuple[str, ...] = ()
+    # Pool processes of the event worker; 1 runs Celery's solo pool, the worker being the one process.
+    worker_concurrency: int = 2
     # Publishes events: the launcher runs its outbox relay (manage.py relay_outbox) beside it.
     relays_outbox: bool = False
     # Long-running manage.py commands run beside the service, each as process "<service>-<command>".
@@ -105,6 +107,9 @@ SERVICES: tuple[Service, ...] = (
         url_env="ORDER_SERVICE_URL",
         health_path="/health/",
         prepare=(("migrate", "--noinput"), ("setup_broker",), ("load_demo_catalog",)),
+        # config.changed only (common/runtime_config.py): rare and quick, so one process is enough.
+        worker_queues=("orders.events",),
+        worker_concurrency=1,
         relays_outbox=True,
         loops=("saga_sweeper",),  # finishes orders the payment service could not settle in time
     ),
@@ -118,6 +123,8 @@ SERVICES: tuple[Service, ...] = (
         url_env="PAYMENT_SERVICE_URL",
         health_path="/health/",
         prepare=(("migrate", "--noinput"), ("setup_broker",)),
+        worker_queues=("payments.events",),  # config.changed only, like the order service's
+        worker_concurrency=1,
         relays_outbox=True,
     ),
 )
@@ -255,13 +262,18 @@ class System:
         return command
 
     def worker_command(self, service: Service) -> list[str]:
-        return [
+        command = [
             sys.executable, "-m", "celery", "-A", service.package, "worker",
             "--queues", ",".join(service.worker_queues),
             "--hostname", f"{service.name}@%h",
-            "--concurrency", "2", "--loglevel", "INFO",
+            "--loglevel", "INFO",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if service.worker_concurrency == 1:
+            # No pool process beside the worker (prefork with one would be two processes). Celery's time
+            # limits need prefork; a solo worker's handlers are bounded by their own timeouts.
+            return [*command, "--pool", "solo"]
+        return [*command, "--concurrency", str(service.worker_concurrency)]
 
     # lifecycle -------------------------------------------------------------------------------------
 

@@ -21,13 +21,14 @@ def event_broker(tmp_path: Path) -> Iterator[EventBroker]:
 
 
 @pytest.fixture(autouse=True)
-def no_config_center(settings: Any) -> Iterator[None]:
+def no_config_center(settings: Any, tmp_path: Path) -> Iterator[None]:
     # Never a config center that may be running on this machine (127.0.0.1:8000): by default a loopback
     # port nothing listens on, so runtime_config answers with the settings (tests that need a config center
-    # start their own, see orders/tests/test_runtime_config.py).
+    # start their own, see orders/tests/test_runtime_config.py). Announced versions stay in the test's folder.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         settings.CONFIG_CENTER_URL = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    settings.CONFIG_MARKER_DIR = str(tmp_path / "config-marker")
     runtime_config.reset()
     yield
     runtime_config.reset()

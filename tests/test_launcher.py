@@ -57,7 +57,9 @@ def test_up_detached_then_status_then_down(launcher_env: dict[str, str]) -> None
         status = launcher("status", env=launcher_env, timeout=30)
         assert status.returncode == 0, status.stdout
         lines = status.stdout.splitlines()
-        assert len(lines) == 10  # four services, the user service's worker, four outbox relays, the saga sweeper
+        # four services, three event workers (users, orders, payments), four outbox relays, the saga sweeper
+        assert len(lines) == 12
+        assert {"users-worker", "orders-worker", "payments-worker"} <= {line.split()[0] for line in lines}
         assert {"gateway-relay", "users-relay", "orders-relay", "payments-relay"} <= {line.split()[0] for line in lines}
         assert all(("healthy" in line or "running" in line) for line in lines), status.stdout
 

@@ -1,8 +1,9 @@
-"""gunicorn server hooks that register the instance with service discovery: ``gunicorn -c
-python:common.gunicorn_hooks``. Its module-level names are read as gunicorn settings, hence no ``config``.
+"""gunicorn server hooks of the services (``gunicorn -c python:common.gunicorn_hooks``): they register the
+instance with service discovery, and drop a dead worker's live gauges from the multiprocess metrics. Its
+module-level names are read as gunicorn settings, hence no ``config``.
 
-They run in the master, once per instance (never per worker: workers come and go, the instance stays),
-and only for ``DISCOVERY_BACKEND=etcd``; static and DNS discovery are configured outside the process.
+The discovery hooks run in the master, once per instance (never per worker: workers come and go, the
+instance stays), and only for ``DISCOVERY_BACKEND=etcd``; static and DNS discovery are configured outside the process.
 ``when_ready`` registers once the sockets listen, ``on_exit`` deregisters on a clean stop (SIGTERM or
 SIGINT: gunicorn's graceful shutdown runs it). A SIGKILLed or crashed master never runs ``on_exit``; its
 key goes when its lease expires (``DISCOVERY_TTL``).
@@ -15,6 +16,7 @@ callers look the service up by; unset: no registration), ``ETCD_URL``, ``ETCD_PR
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import decouple
@@ -60,3 +62,13 @@ def when_ready(server: Any) -> None:
 def on_exit(server: Any) -> None:
     if _registrar is not None:
         _registrar.stop()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges (e.g. ``runtime_config_version``, one sample per process) go; its counters
+    and histograms stay, so totals never run backwards. Only with prometheus_client's multiprocess folder."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -36,6 +36,9 @@ KEYS: dict[str, Key] = {
     "breaker.reset_timeout": Key("float", 1, 600, "seconds an open breaker refuses calls"),
     "upstream.connect_timeout": Key("float", 0.1, 30, "seconds to connect to a service"),
     "upstream.read_timeout": Key("float", 0.1, 120, "seconds to wait for a service's answer"),
+    # The payment service's per-charge limit (a larger charge is declined amount_too_large). Its upper bound
+    # is the largest amount a payment can hold (12 digits, 2 of them decimals).
+    "payments.max_charge_amount": Key("float", 0.01, 9_999_999_999.99, "largest single charge accepted"),
 }
 FAMILIES: dict[str, Key] = {
     "ratelimit": Key("rate", help='a rate-limit policy, e.g. "600/minute"'),
@@ -73,7 +76,7 @@ def check_value(name: str, value: Any) -> str | None:
     if key.kind == "int" and not isinstance(value, int):
         return "must be an integer"
     if (key.minimum is not None and value < key.minimum) or (key.maximum is not None and value > key.maximum):
-        return f"must be between {key.minimum:g} and {key.maximum:g}"
+        return f"must be between {key.minimum:.15g} and {key.maximum:.15g}"  # .15g: 9999999999.99, not 1e+10
     return None
 
 

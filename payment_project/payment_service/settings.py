@@ -4,6 +4,7 @@ see their payments.
 Every value is read from the environment with a working development default; the README lists them all.
 """
 
+from decimal import Decimal
 from pathlib import Path
 
 from decouple import Csv, config
@@ -123,9 +124,17 @@ SPECTACULAR_SETTINGS = {
 # deletes them after), and held this long by a request that died without answering.
 IDEMPOTENCY_KEY_TTL = config("IDEMPOTENCY_KEY_TTL", default=86400, cast=int)
 IDEMPOTENCY_LOCK_TIMEOUT = config("IDEMPOTENCY_LOCK_TIMEOUT", default=60, cast=int)
+# The largest single charge accepted; a larger one is declined with failure_code amount_too_large before
+# any card is charged. Operators tune it at runtime in the config center (payments.max_charge_amount); this
+# is the default when the config center has no value. Empty: no limit.
+PAYMENT_MAX_CHARGE_AMOUNT = config(
+    "PAYMENT_MAX_CHARGE_AMOUNT", default="", cast=lambda value: Decimal(value) if value else None
+)
 
-# This service publishes events but consumes none yet.
-EVENT_HANDLERS: dict[str, str] = {}
+# Events this service reacts to, and the handler for each (its event worker, started by the launcher).
+EVENT_HANDLERS = {
+    "config.changed": "common.runtime_config.on_config_changed",
+}
 
 # Events (README "Events"): the outbox written by publish_event and sent by `manage.py relay_outbox`, the
 # inbox that makes handling idempotent, and the retry/dead-letter policy of this service's event worker.
@@ -158,13 +167,22 @@ CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
-CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)] if EVENT_HANDLERS else []
+CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)]
 
 # Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
-# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds.
+# read with runtime_config.get(key, <setting>), kept current by a watcher thread per process: at once on
+# config.changed (EVENT_HANDLERS: this service's event worker announces the version in a marker every
+# process reads every CONFIG_MARKER_INTERVAL seconds), and after CONFIG_TTL seconds as a backstop.
 CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
 CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
 CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+CONFIG_MARKER_INTERVAL = config("CONFIG_MARKER_INTERVAL", default=1.0, cast=float)
+# The marker lives where all of this service's processes see it: the Redis cache when REDIS_URL is set, else
+# (embedded mode, whose cache is per process) files in this folder.
+CONFIG_MARKER_DIR = config(
+    "CONFIG_MARKER_DIR",
+    default="" if config("REDIS_URL", default="") else str(VAR_DIR / "config-marker" / SERVICE_NAME),
+)
 
 # /metrics answers only peers in these networks (the socket's address; headers are never believed).
 METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())

@@ -13,6 +13,7 @@ class Payment(models.Model):
     class FailureCode(models.TextChoices):
         CARD_DECLINED = "card_declined", "Card declined"
         INSUFFICIENT_FUNDS = "insufficient_funds", "Insufficient funds"
+        AMOUNT_TOO_LARGE = "amount_too_large", "Amount over the charge limit"
 
     # Plain ids, not foreign keys: orders and users live in other services.
     order_id = models.BigIntegerField(db_index=True)

@@ -39,7 +39,7 @@ def payment_charge(
         raise PermissionDenied("A payment is always made on behalf of a user.")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidIdempotencyKey()
-    outcome = charge_outcome(payment_method)
+    outcome = charge_outcome(payment_method, amount)
     if outcome is None:
         raise InvalidPaymentMethod()
 

@@ -207,11 +207,19 @@ CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
 CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)]
 
 # Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
-# read with runtime_config.get(key, <setting>), cached, revalidated after CONFIG_TTL seconds and at once
-# on config.changed (EVENT_HANDLERS).
+# read with runtime_config.get(key, <setting>), kept current by a watcher thread per process: at once on
+# config.changed (EVENT_HANDLERS: this service's event worker announces the version in a marker every
+# process reads every CONFIG_MARKER_INTERVAL seconds), and after CONFIG_TTL seconds as a backstop.
 CONFIG_CENTER_URL = config("CONFIG_CENTER_URL", default="http://127.0.0.1:8000")
 CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
 CONFIG_TTL = config("CONFIG_TTL", default=30.0, cast=float)
+CONFIG_MARKER_INTERVAL = config("CONFIG_MARKER_INTERVAL", default=1.0, cast=float)
+# The marker lives where all of this service's processes see it: the Redis cache when REDIS_URL is set, else
+# (embedded mode, whose cache is per process) files in this folder.
+CONFIG_MARKER_DIR = config(
+    "CONFIG_MARKER_DIR",
+    default="" if config("REDIS_URL", default="") else str(VAR_DIR / "config-marker" / SERVICE_NAME),
+)
 
 # /metrics answers only peers in these networks (the socket's address; headers are never believed).
 METRICS_ALLOWED_NETWORKS = config("METRICS_ALLOWED_NETWORKS", default="127.0.0.0/8,::1/128", cast=Csv())

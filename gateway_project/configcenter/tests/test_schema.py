@@ -16,6 +16,7 @@ def test_known_keys_with_good_values_pass() -> None:
         "upstream.read_timeout": 10,
         "upstream.connect_timeout": 0.5,
         "feature.v2_catalog": True,
+        "payments.max_charge_amount": 2500,
     }
     assert validate(values) == values
 
@@ -36,6 +37,10 @@ def test_known_keys_with_good_values_pass() -> None:
         ("ratelimit.default", "0/minute", "must allow 1 to"),
         ("ratelimit.default", "5/minute;10/hour", "exactly one rate"),
         ("feature.beta", "yes", "must be true or false"),
+        ("payments.max_charge_amount", 0, "must be between 0.01 and 9999999999.99"),
+        ("payments.max_charge_amount", 10_000_000_000, "must be between 0.01 and 9999999999.99"),
+        ("payments.max_charge_amount", "500", "must be a number"),
+        ("payments.max_charge_amount", None, "must be a number"),
         ("feature.Bad-Name", True, "unknown key"),
         ("breaker.failurez", 5, "unknown key"),
     ],
