@@ -596,19 +596,22 @@ BREAKDOWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "gunicorn: read and parse the request, write the response",
         "ThreadWorker.handle",
-        ("WSGIHandler.__call__", "HttpResponseBase.close", "HTTPResponse.stream"),
+        ("untrusted_trace_context.<locals>.application", "HttpResponseBase.close", "Response.stream"),
     ),
-    ("Django: handler, URL resolution, middleware (outside the view)", "WSGIHandler.__call__", ("proxy_view",)),
-    ("  of which URL resolution", "BaseHandler.resolve_request", ()),
+    ("Django handler and middleware (outside the view)", "WSGIHandler.__call__", ("proxy_view",)),
+    ("  of which the gateway's server span", "ServerSpanMiddleware.__call__", ("RequestIdMiddleware.__call__",)),
+    ("  of which URL resolution (not on the proxied path)", "BaseHandler.resolve_request", ()),
     ("proxy view", "proxy_view", ()),
     ("  token check", "_authenticate", ()),
     ("  rate limit", "consume", ()),
-    ("  service assertion (PyJWT HS256 encode)", "mint_assertion", ()),
+    ("  service assertion (HS256)", "mint_assertion", ()),
     ("  request headers filtered", "forwarded_request_headers", ()),
-    ("  upstream call (urllib3, until the response headers)", "send", ()),
+    ("  upstream call (until the response headers)", "send", ()),
+    ("    of which the client span", "_attempt", ("request",)),
     ("  response headers filtered", "returned_response_headers", ()),
-    ("streaming the body back (urllib3 stream)", "HTTPResponse.stream", ()),
+    ("streaming the body back", "Response.stream", ()),
     ("response close: access log, metrics, request_finished", "HttpResponseBase.close", ()),
+    ("span export (the exporter's thread)", "BatchProcessor.worker", ()),
 )
 
 

@@ -193,3 +193,27 @@ def test_other_callers_are_forbidden_from_an_internal_view(api_client: APIClient
         "message": "This endpoint is for other services only.",
         "details": {},
     }
+
+
+@pytest.mark.parametrize(
+    "minted",
+    [
+        {"user_id": 7, "is_staff": True, "request_id": "req-0123456789"},
+        {"user_id": None, "is_staff": False, "request_id": None},
+        {"user_id": 12345678901234, "is_staff": False, "request_id": "ü-not-ascii-é"},
+    ],
+)
+def test_a_minted_assertion_is_byte_for_byte_what_pyjwt_encodes_and_verifies(minted: dict[str, Any]) -> None:
+    # given the claims the gateway mints with its pre-keyed HMAC
+    token = mint_assertion(issuer="gateway", audience="orders", secret=SECRET, **minted)
+
+    # then PyJWT, given the same claims, writes the same token, and the services' verifier accepts it
+    decoded = jwt.decode(token, SECRET, algorithms=["HS256"], audience="orders")
+    assert token == jwt.encode(decoded, SECRET, algorithm="HS256")
+    assert verify_assertion(token, audience="orders", secret=SECRET) == Principal(
+        id=minted["user_id"], is_staff=minted["is_staff"], caller="gateway"
+    )
+    # and a token minted with another secret is refused
+    other = mint_assertion(issuer="gateway", audience="orders", secret=SECRET + "-other", **minted)
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_assertion(other, audience="orders", secret=SECRET)

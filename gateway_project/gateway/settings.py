@@ -38,8 +38,9 @@ INSTALLED_APPS = [
     "configcenter",
 ]
 
-# Every proxied request runs through this list, so it holds only what the admin needs; the proxy view
-# is csrf_exempt and never touches the session or the user, which therefore cost nothing on that path.
+# The gateway's own pages (admin, docs, health, config center, /metrics) run through this list. Forwarded
+# /api/ paths take a shorter one (proxy/edge.py EDGE_MIDDLEWARE: these entries minus WhiteNoise, sessions,
+# CSRF, auth and messages, which never act there), chosen in gateway/wsgi.py; change both together.
 MIDDLEWARE = [
     "common.request_id.RequestIdMiddleware",
     "proxy.observability.AccessLogMiddleware",  # outermost after the request id: sees every answer
@@ -120,7 +121,8 @@ ETCD_PREFIX = config("ETCD_PREFIX", default="/shop/services/")
 DISCOVERY_DNS_SERVER = config("DISCOVERY_DNS_SERVER", default="")  # host:port for SRV lookups; empty: system
 UPSTREAM_CONNECT_TIMEOUT = config("UPSTREAM_CONNECT_TIMEOUT", default=2.0, cast=float)  # seconds
 UPSTREAM_READ_TIMEOUT = config("UPSTREAM_READ_TIMEOUT", default=15.0, cast=float)
-# Pooled keep-alive connections per upstream; more concurrent calls open extra, short-lived ones.
+# Pooled keep-alive connections per upstream for the gateway's own calls (health, docs, overview); more
+# concurrent calls open extra, short-lived ones. Proxied requests keep one connection per worker thread.
 UPSTREAM_POOL_SIZE = config("UPSTREAM_POOL_SIZE", default=32, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
 # All request header lines together; a route may set less (proxy/routes.py). Over it: 431.

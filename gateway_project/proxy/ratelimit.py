@@ -2,7 +2,8 @@
 
 Where the counts live:
 - ``REDIS_URL`` set: `limits`' Redis storage, whose increment is one atomic Lua script (INCRBY, and
-  EXPIRE on the first hit), so the count is exact across every worker of every gateway replica.
+  EXPIRE on the first hit), so the count is exact across every worker of every gateway replica; the
+  gateway sends that script over a connection kept per thread (proxy/ratelimit_storage.py).
 - embedded mode: proxy/ratelimit_storage.py, a `limits` storage in a SQLite file under VAR_DIR, atomic
   across the gateway's worker processes (an in-memory store would grant the quota once per worker).
 - while that store is unreachable: a route whose policy fails open counts in `limits`' per-process
@@ -42,14 +43,14 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponseBase
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, RedisStorage, Storage
+from limits.storage import MemoryStorage, Storage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from common.errors import ApplicationError
 from configcenter import runtime as runtime_config
 from proxy.client_address import client_address, rate_limit_identity
-from proxy.ratelimit_storage import SQLiteStorage
+from proxy.ratelimit_storage import RedisCounterStorage, SQLiteStorage
 from proxy.routes import RATE_LIMIT_POLICIES, Route
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class _Stores:
 def _create_shared_store() -> Storage:
     timeout = settings.RATE_LIMIT_STORE_TIMEOUT
     if settings.RATE_LIMIT_REDIS_URL:
-        return RedisStorage(
+        return RedisCounterStorage(
             settings.RATE_LIMIT_REDIS_URL,
             key_prefix=settings.RATE_LIMIT_KEY_PREFIX,
             wrap_exceptions=True,

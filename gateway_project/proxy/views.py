@@ -4,6 +4,10 @@ Per request the proxy matches the route, checks the method, verifies the access 
 network), reads the body within the size limit, mints the service assertion and streams the service's
 answer back. It never touches the database, the session or the user, and it reads the WSGI input
 itself, so no middleware parses the body of a proxied request.
+
+Forwarded ``/api/`` paths reach :func:`proxy_view` through the lean handler of ``proxy/edge.py`` (chosen in
+``gateway/wsgi.py``: no URL resolution, only the middleware that acts on an API path); the forwarded admin
+pages and static files of the services through Django's full handler and ``gateway/urls.py``.
 """
 
 from __future__ import annotations

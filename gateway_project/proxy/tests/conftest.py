@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.tokens import public_jwk, sign_token
-from proxy import auth, balancer, breakers, fallback, retries, upstream
+from proxy import auth, balancer, breakers, connections, fallback, retries, upstream
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
 from proxy.tests.utils import access_claims
 
@@ -41,6 +41,7 @@ def _reset_clients() -> None:
     if upstream.pool_manager.cache_info().currsize:
         upstream.pool_manager().clear()
     upstream.pool_manager.cache_clear()
+    connections.close_all()
 
 
 @pytest.fixture(autouse=True)

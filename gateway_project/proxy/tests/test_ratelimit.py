@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.test import Client
+from limits.errors import StorageError
+from limits.storage import RedisStorage
 
 from proxy.client_address import rate_limit_identity
-from proxy.ratelimit_storage import SQLiteStorage
+from proxy.ratelimit_storage import RedisCounterStorage, SQLiteStorage
 from proxy.routes import RATE_LIMIT_POLICIES, ROUTES
 from proxy.tests.test_gunicorn import PROJECT_DIR, Gateway
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
@@ -582,3 +584,56 @@ def test_with_redis_down_several_workers_serve_and_refuse_sign_in_without_a_500(
         assert b'"rate_limit_unavailable"' in body
         assert headers["Retry-After"]
         assert "Traceback" not in gateway.log()
+
+
+@pytest.fixture
+def redis_counters() -> Iterator[tuple[RedisCounterStorage, RedisStorage]]:
+    """The gateway's Redis storage and `limits`' own, on one key prefix of the test's own."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex}"
+    fast = RedisCounterStorage(REDIS_URL, key_prefix=prefix, wrap_exceptions=True)
+    plain = RedisStorage(REDIS_URL, key_prefix=prefix, wrap_exceptions=True)
+    yield fast, plain
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="real mode only (REDIS_URL)")
+def test_the_gateways_redis_increment_counts_on_the_same_keys_as_limits(
+    redis_counters: tuple[RedisCounterStorage, RedisStorage],
+) -> None:
+    fast, plain = redis_counters
+
+    assert [fast.incr("k", 60), plain.incr("k", 60), fast.incr("k", 60, amount=3)] == [1, 2, 5]
+    assert plain.get("k") == 5
+    assert 0 < plain.get_expiry("k") - time.time() <= 60
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="real mode only (REDIS_URL)")
+def test_the_gateways_redis_increment_survives_a_dropped_connection_and_a_flushed_script_cache(
+    redis_counters: tuple[RedisCounterStorage, RedisStorage],
+) -> None:
+    import redis
+
+    fast, plain = redis_counters
+    admin = redis.Redis.from_url(REDIS_URL)
+    assert fast.incr("k", 60) == 1
+
+    # when Redis closes the idle connection (a restart, an idle timeout) and forgets its scripts
+    connection = fast._thread_connection()
+    connection.send_command("CLIENT", "ID")
+    admin.client_kill_filter(_id=connection.read_response())
+    admin.script_flush()  # redis-py's own scripts reload themselves after this: other clients are unharmed
+
+    # then the next increment reconnects, sends the script again and counts on
+    assert fast.incr("k", 60) == 2
+    assert plain.get("k") == 2
+
+
+def test_the_gateways_redis_increment_raises_a_storage_error_when_redis_is_unreachable() -> None:
+    store = RedisCounterStorage(redis_url_on_a_closed_port(), wrap_exceptions=True)
+
+    with pytest.raises(StorageError):
+        store.incr("k", 60)
