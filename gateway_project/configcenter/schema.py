@@ -9,6 +9,7 @@ numbers are numbers (``true`` is not 1), flags are ``true``/``false``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,8 @@ def check_value(name: str, value: Any) -> str | None:
         return f"must be a{'n integer' if key.kind == 'int' else ' number'}"
     if key.kind == "int" and not isinstance(value, int):
         return "must be an integer"
+    if not math.isfinite(value):  # JSON parsers accept NaN and Infinity; every comparison with NaN is false
+        return "must be a finite number"
     if (key.minimum is not None and value < key.minimum) or (key.maximum is not None and value > key.maximum):
         return f"must be between {key.minimum:.15g} and {key.maximum:.15g}"  # .15g: 9999999999.99, not 1e+10
     return None

@@ -44,7 +44,8 @@ opened = 0  # connections opened by this process (tests check that connections a
 @functools.cache
 def _origin(base_url: str) -> tuple[str, str, int | None]:
     url = urllib3.util.parse_url(base_url)
-    return url.scheme or "http", url.host or "", url.port
+    # urllib3 keeps an IPv6 literal's brackets ("[::1]"); http.client wants the bare address.
+    return url.scheme or "http", (url.host or "").strip("[]"), url.port
 
 
 def _idle() -> dict[str, http.client.HTTPConnection]:
@@ -74,7 +75,7 @@ def _connect(base_url: str, timeout: float) -> http.client.HTTPConnection:
     except TimeoutError as exc:
         connection.close()
         raise ConnectTimeoutError(f"Connection to {host} timed out. (connect timeout={timeout})") from exc
-    except OSError as exc:  # refused, unreachable, unknown name: nothing was sent
+    except (OSError, ValueError) as exc:  # refused, unreachable, unknown name, bad timeout: nothing was sent
         connection.close()
         raise NewConnectionError(connection, f"Failed to establish a new connection: {exc}") from exc
     assert connection.sock is not None
@@ -106,16 +107,16 @@ def request(
     if connection is None:
         connection = _connect(base_url, connect_timeout)
     assert connection.sock is not None
-    connection.sock.settimeout(read_timeout)
     if "User-Agent" not in headers:
         headers["User-Agent"] = DEFAULT_USER_AGENT
     try:
+        connection.sock.settimeout(read_timeout)
         connection.request(method, target, body=body, headers=headers)
         raw = connection.getresponse()
     except TimeoutError as exc:
         connection.close()
         raise ReadTimeoutError(None, base_url + target, f"Read timed out. (read timeout={read_timeout})") from exc  # type: ignore[arg-type]
-    except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-exchange, not HTTP
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # reset, closed mid-exchange, not HTTP
         connection.close()
         raise ProtocolError("Connection aborted.", exc) from exc
     return Response(raw, connection, base_url)

@@ -9,6 +9,7 @@ headers go, and so do ``Server``/``Date``, which the gateway's own server sets, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ _CORS_RESPONSE_HEADERS = frozenset(
         "access-control-max-age",
     }
 )
+_FOLD = re.compile(r"\r?\n[ \t]+")  # an obs-fold: a line break followed by whitespace
 _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | _CORS_RESPONSE_HEADERS | {"server", "date"}
 
 
@@ -106,6 +108,10 @@ def returned_response_headers(upstream: HTTPHeaderDict) -> tuple[dict[str, str],
     its own header line)."""
     connection = upstream.get("Connection")
     named = {token.strip().lower() for token in connection.split(",")} if connection else set()
+    # The body is passed on de-chunked, so a Content-Length sent beside Transfer-Encoding (which RFC 9112
+    # says to ignore) would frame it wrongly for the client.
+    if "Transfer-Encoding" in upstream:
+        named.add("content-length")
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in upstream.itermerged():
@@ -113,7 +119,17 @@ def returned_response_headers(upstream: HTTPHeaderDict) -> tuple[dict[str, str],
         if lowered in _DROPPED_RESPONSE_HEADERS or lowered in named:
             continue
         if lowered == "set-cookie":
-            cookies.extend(upstream.getlist(name))
-        else:
-            headers[name] = value
+            cookies.extend(cookie for each in upstream.getlist(name) if (cookie := _unfolded(each)) is not None)
+        elif (unfolded := _unfolded(value)) is not None:
+            headers[name] = unfolded
     return headers, cookies
+
+
+def _unfolded(value: str) -> str | None:
+    """A header value as it may be passed on: an obsolete line folding replaced by a space (RFC 9112 5.2
+    asks that of a proxy); None for a value that would still break the header block (a bare CR, LF, NUL)."""
+    if "\r" in value or "\n" in value:
+        value = _FOLD.sub(" ", value)
+        if "\r" in value or "\n" in value:
+            return None
+    return None if "\x00" in value else value

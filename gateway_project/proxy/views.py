@@ -19,10 +19,10 @@ from typing import Any
 import urllib3
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import BadHeaderError, HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from common.errors import ApplicationError, error_response
+from common.errors import ApplicationError, UpstreamError, error_response
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import mint_assertion
 from common.request_id import HEADER as REQUEST_ID_HEADER
@@ -197,14 +197,23 @@ def _forward(
         anonymous=user_id is None,
     )
     request.gateway_upstream = answer.instance  # type: ignore[attr-defined]  # for the access log
-    response_headers, set_cookies = returned_response_headers(answer.headers)
-    response = ProxiedResponse(
-        upstream.UpstreamBody(answer),
-        status=answer.status,
-        reason=answer.reason or None,
-        headers=response_headers,
-        set_cookies=set_cookies,
-    )
+    body_stream = upstream.UpstreamBody(answer)
+    try:
+        response_headers, set_cookies = returned_response_headers(answer.headers)
+        response = ProxiedResponse(
+            body_stream,
+            status=answer.status,
+            reason=answer.reason or None,
+            headers=response_headers,
+            set_cookies=set_cookies,
+        )
+    except (ValueError, BadHeaderError) as exc:
+        # A response Django will not pass on (an out-of-range status, a header it refuses): the service's
+        # fault, so 502; and its connection and the instance's outstanding count are released here, since
+        # no response will ever close the stream.
+        body_stream.close()
+        logger.warning("unusable response from %s: %s", route.service, exc)
+        raise UpstreamError(details={"service": route.service, "reason": "invalid_response"}) from exc
     if not any(name.lower() == "content-type" for name in response_headers):
         del response["Content-Type"]  # Django's default would claim a type the service never sent
     return response

@@ -59,7 +59,9 @@ def max_charge_amount() -> Decimal | None:
         return settings.PAYMENT_MAX_CHARGE_AMOUNT
     try:
         # str(): a JSON number arrives as a float, and Decimal(0.1) would carry its binary error.
-        return Decimal(str(value)).quantize(Decimal("0.01"))
+        limit = Decimal(str(value)).quantize(Decimal("0.01"))
     except (InvalidOperation, ValueError, TypeError):
         # The config center validates at save time; a value stored under an older schema must not stop charges.
         return settings.PAYMENT_MAX_CHARGE_AMOUNT
+    # NaN (refused at save time, but it may come from an older schema) would make every comparison raise.
+    return limit if limit.is_finite() else settings.PAYMENT_MAX_CHARGE_AMOUNT

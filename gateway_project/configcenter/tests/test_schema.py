@@ -41,6 +41,10 @@ def test_known_keys_with_good_values_pass() -> None:
         ("payments.max_charge_amount", 10_000_000_000, "must be between 0.01 and 9999999999.99"),
         ("payments.max_charge_amount", "500", "must be a number"),
         ("payments.max_charge_amount", None, "must be a number"),
+        # json.loads (the admin's form, the REST body) accepts these, and every comparison with NaN is false
+        ("payments.max_charge_amount", float("nan"), "must be a finite number"),
+        ("upstream.read_timeout", float("nan"), "must be a finite number"),
+        ("breaker.reset_timeout", float("inf"), "must be a finite number"),
         ("feature.Bad-Name", True, "unknown key"),
         ("breaker.failurez", 5, "unknown key"),
     ],

@@ -156,3 +156,19 @@ def test_a_compressed_document_is_decoded_when_read_whole(
     response = call(raw_server(serve_gzip).url)
 
     assert response.read(1000, decode_content=True) == b'{"ok": true}'
+
+
+def test_an_ipv6_literal_instance_is_reached_without_its_brackets() -> None:
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        read_request(conn)
+        conn.sendall(answer(b"ok"))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        response = call(f"http://[::1]:{listener.getsockname()[1]}")
+        assert (response.status, read_all(response)) == (200, b"ok")
+    finally:
+        listener.close()
