@@ -24,6 +24,7 @@ import functools
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import urllib3
@@ -35,6 +36,8 @@ from urllib3.util.wait import wait_for_read
 DEFAULT_USER_AGENT = f"python-urllib3/{urllib3.__version__}"
 # Instances come and go with discovery: a thread that has talked to more than this many starts afresh.
 MAX_CONNECTIONS_PER_THREAD = 64
+# How often a thread closes its idle connections the other end has closed (at its next call).
+SWEEP_INTERVAL = 30.0
 
 _local = threading.local()
 _generation = 0  # bumped by close_all(): every thread drops the connections it kept before
@@ -56,7 +59,21 @@ def _idle() -> dict[str, http.client.HTTPConnection]:
             connection.close()
         table = _local.table = {}
         _local.generation = _generation
+        _local.swept_at = time.monotonic()
+    elif time.monotonic() - _local.swept_at > SWEEP_INTERVAL:
+        _sweep(table)
     return table
+
+
+def _sweep(table: dict[str, http.client.HTTPConnection]) -> None:
+    """Close the idle connections the other end has closed: an instance that went away (discovery dropped
+    it, so this thread will never ask for its URL again) or a service's keep-alive timeout. Without this,
+    each would stay in CLOSE_WAIT, holding a descriptor, for the life of the thread."""
+    _local.swept_at = time.monotonic()
+    for base_url, connection in list(table.items()):
+        if connection.sock is None or wait_for_read(connection.sock, timeout=0.0):
+            connection.close()
+            del table[base_url]
 
 
 def close_all() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -172,3 +173,36 @@ def test_an_ipv6_literal_instance_is_reached_without_its_brackets() -> None:
         assert (response.status, read_all(response)) == (200, b"ok")
     finally:
         listener.close()
+
+
+def test_idle_connections_the_other_end_closed_are_swept(
+    raw_server: Callable[[Callable[[socket.socket], None]], RawServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given this thread's idle connections to an instance that then went away and to one still serving
+    hang_up = threading.Event()
+
+    def serve_once_then_hang_up(conn: socket.socket) -> None:
+        with conn:
+            read_request(conn)
+            conn.sendall(answer(b"gone"))
+            hang_up.wait(2)
+
+    def serve_forever(conn: socket.socket) -> None:
+        with conn:
+            while read_request(conn):
+                conn.sendall(answer(b"here"))
+
+    departed, staying = raw_server(serve_once_then_hang_up), raw_server(serve_forever)
+    assert read_all(call(departed.url)) == b"gone"
+    assert read_all(call(staying.url)) == b"here"
+    hang_up.set()
+    departed.close()
+    time.sleep(0.2)
+
+    # when the thread's next call comes after the sweep interval
+    monkeypatch.setattr(connections, "SWEEP_INTERVAL", 0.0)
+    assert read_all(call(staying.url)) == b"here"
+
+    # then only the live connection is kept, and it was reused
+    assert list(connections._idle()) == [staying.url]
+    assert staying.accepted == 1
