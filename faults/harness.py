@@ -464,7 +464,12 @@ def dead_letters(url: str, queue: str) -> list[dict[str, Any]]:
                 message = dead.get(no_ack=False, accept=["json"])
                 if message is None:
                     break
-                letters.append(message.decode())
+                body = message.decode()
+                if isinstance(body, list):  # the task message itself, dead-lettered by RabbitMQ (delivery limit)
+                    _args, kwargs, _embed = body
+                    retries = int((message.headers or {}).get("retries") or 0)
+                    body = {"event": kwargs["event"], "queue": queue, "attempts": retries + 1, "by": "rabbitmq"}
+                letters.append(body)
         finally:
             channel.close()  # gives back every message fetched and not acknowledged
     return letters

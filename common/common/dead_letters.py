@@ -1,13 +1,17 @@
 """Dead letters: events a consumer gave up on after ``EVENT_MAX_ATTEMPTS`` tries, kept for a person.
 
+Two kinds reach ``<queue>.dead``: ours, published by the worker when a handler raised on its last attempt;
+and, on RabbitMQ, the task message itself, dead-lettered by the quorum queue once it was delivered more
+than ``EVENT_DELIVERY_LIMIT`` times without an outcome (the handler killed its worker, or overran the hard
+time limit). ``dead_letter_from_message`` reads both the same way.
+
 Each consumer queue ``<service>.events`` has a durable ``<service>.events.dead`` queue (declared by
 ``manage.py setup_broker``). The worker's task publishes the failed event there itself, with publisher
-confirms, before acknowledging the original. We route explicitly rather than through RabbitMQ's
-``x-dead-letter-exchange`` queue argument because (a) kombu's filesystem broker (embedded mode) has no
-queue arguments, and one code path for both brokers is the one that gets tested; (b) adding arguments to
-an existing queue makes RabbitMQ refuse every later declaration with different ones (PRECONDITION_FAILED),
-so already deployed queues would have to be deleted, messages and all; (c) the explicit message carries
-the error and the attempt count, which a DLX copy does not.
+confirms, before acknowledging the original. We route a failed handler's event explicitly rather than
+through RabbitMQ's dead-lettering because (a) kombu's filesystem broker (embedded mode) has none, and one
+code path for both brokers is the one that gets tested; (b) the explicit message carries the error and the
+attempt count, which a DLX copy does not. RabbitMQ's own dead-lettering (the quorum queue's
+``x-delivery-limit``) covers only what our code cannot see: a worker that died handling the message.
 
 A dead letter is a small JSON document (not a task message: a worker pointed at the dead queue by mistake
 must not run it): the event envelope, the queue it came from, the attempts, the last error, when.
@@ -55,6 +59,29 @@ class DeadLetter:
             error=str(body.get("error", "")),
             dead_at=str(body.get("dead_at", "")),
         )
+
+
+def dead_letter_from_message(queue: str, body: Any, headers: dict[str, Any]) -> DeadLetter:
+    """A dead letter as found in ``<queue>.dead``: ours (a JSON document), or the task message itself, as
+    RabbitMQ dead-lettered it after ``x-delivery-limit`` deliveries (see :func:`common.events.event_queue`)."""
+    if isinstance(body, dict):
+        return DeadLetter.from_body(body)
+    _args, kwargs, _embed = body  # Celery's task message (protocol 2)
+    deaths = headers.get("x-death") or [{}]
+    death = deaths[0]
+    died = death.get("time")
+    return DeadLetter(
+        event=kwargs["event"],
+        queue=queue,
+        # The attempt the worker never finished is counted once: Celery's retries before it, plus it.
+        attempts=int(headers.get("retries") or 0) + 1,
+        error=(
+            f"dead-lettered by RabbitMQ ({death.get('reason', 'delivery_limit')}): given back more often than "
+            "its queue's x-delivery-limit (EVENT_DELIVERY_LIMIT) without an outcome; the worker died or "
+            "overran its hard time limit handling it"
+        ),
+        dead_at=died.astimezone(UTC).isoformat() if isinstance(died, datetime) else str(died or ""),
+    )
 
 
 def dead_letter_send(*, queue: str, event: dict[str, Any], attempts: int, error: str) -> None:
@@ -112,7 +139,7 @@ def _visit(queue: str, *, redrive_ids: set[str] | None, redrive_all: bool = Fals
                 message = dead.get(no_ack=False, accept=["json"])
                 if message is None:
                     break
-                letter = DeadLetter.from_body(message.decode())
+                letter = dead_letter_from_message(queue, message.decode(), message.headers or {})
                 if redrive_ids is None:
                     picked.append(letter)
                 elif redrive_all or letter.event_id in redrive_ids:
@@ -144,6 +171,7 @@ def _send_back(letter: DeadLetter) -> None:
 __all__ = [
     "DeadLetter",
     "dead_letter_count",
+    "dead_letter_from_message",
     "dead_letter_list",
     "dead_letter_queue_name",
     "dead_letter_redrive",

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 EVENTS_EXCHANGE = Exchange("events", type="topic", durable=True)
 HANDLE_TASK_NAME = "events.handle"
 DEAD_LETTER_SUFFIX = ".dead"
+RETRY_QUEUE_IDLE_MS = 10 * 60 * 1000  # an unused retry-delay queue is deleted this long after its TTL
 
 
 class OutsideTransaction(RuntimeError):
@@ -165,12 +166,65 @@ def own_event_queue_name() -> str:
     return f"{settings.SERVICE_NAME}.events"
 
 
-def event_queue(service: str, event_types: Iterable[str]) -> Queue:
-    """The durable queue through which ``service`` receives the given event types."""
+def event_queue(service: str, event_types: Iterable[str], *, delivery_limit: int | None = None) -> Queue:
+    """The durable queue through which ``service`` receives the given event types.
+
+    With ``delivery_limit`` (the services pass ``EVENT_DELIVERY_LIMIT``) it is a RabbitMQ quorum queue that
+    counts deliveries itself: a message delivered once and then ``delivery_limit`` times more without an
+    outcome (its worker died, or overran the hard time limit, each time) is dead-lettered by RabbitMQ to
+    ``<queue>.dead``, so it cannot crash workers forever. kombu's filesystem broker ignores queue arguments:
+    there the limit does not hold.
+    """
+    name = f"{service}.events"
     return Queue(
-        f"{service}.events",
+        name,
         [binding(EVENTS_EXCHANGE, routing_key=event_type) for event_type in event_types],
         durable=True,
+        queue_arguments=None if delivery_limit is None else quorum_queue_arguments(name, delivery_limit),
+    )
+
+
+def quorum_queue_arguments(queue_name: str, delivery_limit: int) -> dict[str, Any]:
+    if delivery_limit < 1:
+        raise ValueError(f"the delivery limit must be at least 1, not {delivery_limit}")
+    dead = dead_letter_queue_name(queue_name)
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": "",  # the default exchange: the routing key names the queue
+        "x-dead-letter-routing-key": dead,
+        # At-least-once dead-lettering (RabbitMQ 3.10+): the message leaves this queue only once
+        # <queue>.dead has confirmed it; the default, at-most-once, may drop it. It requires reject-publish.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def is_quorum(queue: Queue) -> bool:
+    return (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+
+
+def retry_delay_queue(queue_name: str, delay_seconds: float) -> Queue:
+    """A queue where a retry of ``queue_name``'s task waits ``delay_seconds`` before RabbitMQ moves it back
+    (message TTL, then dead-lettered to ``queue_name`` through the default exchange). One queue per delay,
+    named after it, so every message in one expires in arrival order and its arguments never change.
+
+    Used in place of Celery's countdown once a quorum queue is configured (see :mod:`common.tasks`).
+    It expires (is deleted by RabbitMQ) some minutes after it was last used, after its messages left it.
+    """
+    ttl = max(round(delay_seconds * 1000), 0)
+    name = f"{queue_name}.retry.{ttl}ms"
+    return Queue(
+        name,
+        exchange="",
+        routing_key=name,
+        durable=True,
+        queue_arguments={
+            "x-message-ttl": ttl,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue_name,
+            "x-expires": ttl + RETRY_QUEUE_IDLE_MS,
+        },
     )
 
 

@@ -8,9 +8,14 @@ where a person can look at it and re-drive it after a fix. Every exception count
 ones: a bug fixed and deployed within the backoff window heals itself, and a poison event costs N tries
 at most.
 
-Known limit: a message whose handling kills the worker process (or overruns the hard time limit) is
-redelivered by the broker with the same attempt count, so it is tried again rather than counted; RabbitMQ
-quorum queues' ``x-delivery-limit`` would bound that, at the price of queue arguments (see dead_letters).
+A message whose handling kills the worker process (or overruns the hard time limit) never reaches this
+code's count: the broker gives it back with the same attempt number. On RabbitMQ the consumer queue is a
+quorum queue with ``x-delivery-limit`` = ``EVENT_DELIVERY_LIMIT`` (:func:`common.events.event_queue`):
+RabbitMQ counts those deliveries and dead-letters the message itself to the same ``<queue>.dead``. With a
+quorum queue configured, Celery (5.5+) would send a countdown retry through its "native delayed delivery"
+exchanges, which route by event type back through the topic exchange, i.e. to every subscriber again (and
+fail outright on a queue bound only by bindings); so a retry then waits in a per-delay queue instead
+(:func:`common.events.retry_delay_queue`), from which RabbitMQ moves it back to our queue alone.
 """
 
 from __future__ import annotations
@@ -19,14 +24,15 @@ import logging
 from contextlib import nullcontext
 from typing import Any
 
-from celery import shared_task
+from celery import Celery, shared_task
 from celery.exceptions import Reject
+from celery.utils.quorum_queues import detect_quorum_queues
 from django.conf import settings
 from django.utils.module_loading import import_string
 from opentelemetry.trace import SpanKind
 
 from common.dead_letters import dead_letter_send
-from common.events import HANDLE_TASK_NAME, Event, own_event_queue_name
+from common.events import HANDLE_TASK_NAME, Event, own_event_queue_name, retry_delay_queue
 from common.inbox import handle_once
 from common.request_id import current_or_new_request_id, reset_request_id, set_request_id
 from common.tracing import continued_from, in_trace_of
@@ -40,6 +46,12 @@ DEFAULT_RETRY_BACKOFF_MAX = 60.0
 
 def max_attempts() -> int:
     return max(int(getattr(settings, "EVENT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)), 1)
+
+
+def uses_quorum_queues(app: Celery) -> bool:
+    """Whether Celery would reroute a countdown through native delayed delivery (RabbitMQ, any quorum queue)."""
+    with app.connection_for_write() as connection:  # not connected: only its transport's type is read
+        return detect_quorum_queues(app, connection.transport.driver_type)[0]
 
 
 def retry_countdown(attempt: int) -> float:
@@ -77,19 +89,24 @@ def handle_event(self: Any, event: dict[str, Any]) -> None:
                 logger.exception("could not dead-letter event %s; requeued", parsed.id)
                 raise Reject(publish_error, requeue=True) from exc
             raise  # recorded as FAILURE; acks_late acknowledges a failed task, and its dead letter is safe
+        countdown = retry_countdown(attempt)
         logger.warning(
-            "event %s %s failed (attempt %s of %s): %r", parsed.type, parsed.id, attempt, max_attempts(), exc
+            "event %s %s failed (attempt %s of %s), retried in %ss: %r",
+            parsed.type,
+            parsed.id,
+            attempt,
+            max_attempts(),
+            countdown,
+            exc,
         )
         # Back onto this service's own queue through the default exchange: Celery's default retry would
         # re-publish to the topic exchange and hand the event to every other subscriber again. ``queue``
         # too: without it Celery's router fills in task_default_queue, and a direct default queue makes it
         # replace our routing key with that queue's name (e.g. users.tasks), which no worker consumes.
-        raise self.retry(
-            exc=exc,
-            countdown=retry_countdown(attempt),
-            queue=queue,
-            exchange="",
-            routing_key=queue,
-        ) from exc
+        if uses_quorum_queues(self.app):
+            # countdown=0: no ETA for Celery to reroute or hold; the delay queue's TTL is the backoff.
+            delay = retry_delay_queue(queue, countdown)
+            raise self.retry(exc=exc, countdown=0, queue=delay, exchange="", routing_key=delay.name) from exc
+        raise self.retry(exc=exc, countdown=countdown, queue=queue, exchange="", routing_key=queue) from exc
     finally:
         reset_request_id(token)

@@ -175,6 +175,9 @@ OUTBOX_RETENTION_DAYS = config("OUTBOX_RETENTION_DAYS", default=7, cast=int)  # 
 EVENT_MAX_ATTEMPTS = config("EVENT_MAX_ATTEMPTS", default=5, cast=int)  # then the event is dead-lettered
 EVENT_RETRY_BACKOFF = config("EVENT_RETRY_BACKOFF", default=1.0, cast=float)  # seconds, doubled per failure
 EVENT_RETRY_BACKOFF_MAX = config("EVENT_RETRY_BACKOFF_MAX", default=60.0, cast=float)
+# RabbitMQ: deliveries of one attempt without an outcome (its worker died, or overran the hard time limit)
+# before RabbitMQ dead-letters the message itself; above what restarts and kills cause (README "Events").
+EVENT_DELIVERY_LIMIT = config("EVENT_DELIVERY_LIMIT", default=10, cast=int)
 
 CELERY_BROKER_URL = envs.broker_url()
 CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)
@@ -190,7 +193,10 @@ CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = f"{SERVICE_NAME}.tasks"
-CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS)]
+CELERY_TASK_QUEUES = [event_queue(SERVICE_NAME, EVENT_HANDLERS, delivery_limit=EVENT_DELIVERY_LIMIT)]
+# Celery declares its (unused: see common/tasks.py) native delayed delivery queues once it sees a quorum
+# queue: classic ones are cheaper than 28 quorum queues.
+CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "classic"
 
 # Runtime settings from the gateway's config center (common/runtime_config.py; README "Config center"):
 # read with runtime_config.get(key, <setting>), kept current by a watcher thread per process: at once on

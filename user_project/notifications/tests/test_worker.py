@@ -39,9 +39,11 @@ from common.events import (
     event_queue,
     own_event_queue_name,
     publish_event,
+    retry_delay_queue,
     send_event,
 )
 from common.outbox import relay_pending
+from common.tasks import retry_countdown
 from common.testing import EventBroker
 from messaging.models import InboxEvent, OutboxEvent
 from notifications.models import SentEmail
@@ -110,8 +112,10 @@ class EventBus:
     def close(self) -> None:
         if not self._delete_queues:
             return
+        # On RabbitMQ a retry waits in a queue of its delay (common.events.retry_delay_queue): those too.
+        delays = [retry_delay_queue(self.queue.name, retry_countdown(attempt)) for attempt in range(1, 10)]
         with celery_app.connection_for_write() as connection:
-            for queue in self._declared:
+            for queue in [*self._declared, *{delay.name: delay for delay in delays}.values()]:
                 queue(connection.default_channel).delete()
 
 
@@ -131,7 +135,7 @@ def bus(request: pytest.FixtureRequest, event_broker: EventBroker, settings: Any
     tag = f"test{uuid.uuid4().hex[:12]}"
     settings.SERVICE_NAME = tag
     settings.EVENT_HANDLERS = {f"{event_type}.{tag}": path for event_type, path in settings.EVENT_HANDLERS.items()}
-    queue = event_queue(settings.SERVICE_NAME, settings.EVENT_HANDLERS)
+    queue = event_queue(settings.SERVICE_NAME, settings.EVENT_HANDLERS, delivery_limit=settings.EVENT_DELIVERY_LIMIT)
     assert queue.name == own_event_queue_name()
     celery_app.amqp.queues.add(queue)  # as the worker's app holds users.events, from CELERY_TASK_QUEUES
     bus = EventBus(queue=queue, type_suffix=f".{tag}", delete_queues=True)

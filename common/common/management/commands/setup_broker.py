@@ -1,7 +1,8 @@
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from celery import current_app
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from common.events import EVENTS_EXCHANGE, dead_letter_queue
 
@@ -15,11 +16,21 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with current_app.connection_for_write() as connection:
-            channel = connection.default_channel
-            EVENTS_EXCHANGE(channel).declare()
+            EVENTS_EXCHANGE(connection.default_channel).declare()
             for queue in current_app.conf.task_queues or ():
-                queue(channel).declare()
-                self.stdout.write(f"declared queue {queue.name}")
+                # The dead-letter queue first: a quorum queue dead-letters into it.
                 dead = dead_letter_queue(queue.name)
-                dead(channel).declare()
+                dead(connection.default_channel).declare()
                 self.stdout.write(f"declared queue {dead.name}")
+                try:
+                    queue(connection.default_channel).declare()
+                except PreconditionFailed as exc:
+                    # The queue exists with other arguments (a classic queue from before the delivery
+                    # limit, or another EVENT_DELIVERY_LIMIT): RabbitMQ never changes a queue's arguments.
+                    raise CommandError(
+                        f"queue {queue.name} exists with other arguments than {queue.queue_arguments}: {exc}. "
+                        f"Stop its worker, let it drain (or move its messages elsewhere), delete it "
+                        f"(rabbitmqctl delete_queue {queue.name}) and run setup_broker again; see the README, "
+                        f'"Events".'
+                    ) from exc
+                self.stdout.write(f"declared queue {queue.name}")
