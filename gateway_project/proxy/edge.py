@@ -25,12 +25,14 @@ client's ``traceparent``, with the few attributes worth having.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler, get_path_info
+from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 from opentelemetry import context as otel_context
@@ -103,6 +105,7 @@ class ServerSpanMiddleware:
         )
         # attach/detach rather than trace.use_span: the same, without two context managers per request.
         token = otel_context.attach(trace.set_span_in_context(span))
+        request.gateway_server_span = span  # type: ignore[attr-defined]  # for _record_exception
         try:
             response = self.get_response(request)
             if span.is_recording():
@@ -110,7 +113,7 @@ class ServerSpanMiddleware:
                 request_id = getattr(request, "request_id", None)
                 if request_id:
                     span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
-                if response.status_code >= 500:
+                if response.status_code >= 500 and span.status.status_code is StatusCode.UNSET:
                     span.set_status(Status(StatusCode.ERROR))
             return response
         except BaseException as exc:  # the layers inside turn exceptions into responses; this is a backstop
@@ -121,6 +124,19 @@ class ServerSpanMiddleware:
         finally:
             otel_context.detach(token)
             span.end()
+
+
+def _record_exception(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """The exception a layer inside turned into a 500, recorded on the lean path's server span (Django
+    sends got_request_exception while it is being handled, so sys.exc_info() still holds it)."""
+    span = getattr(request, "gateway_server_span", None)
+    exc = sys.exc_info()[1]
+    if span is not None and exc is not None and span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+got_request_exception.connect(_record_exception, dispatch_uid="proxy.edge.record_exception")
 
 
 class ProxyHandler(WSGIHandler):

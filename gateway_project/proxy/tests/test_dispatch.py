@@ -16,7 +16,7 @@ from django.urls import resolve
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from common.tracing import REQUEST_ID_ATTRIBUTE, untrusted_trace_context
 from proxy import edge, upstream, views
@@ -230,3 +230,25 @@ def test_the_lean_path_makes_the_server_span_root_of_the_trace_and_the_upstream_
     assert client_span.parent.span_id == server_span.context.span_id
     sent = orders.received[0].headers["traceparent"]
     assert sent.startswith(f"00-{server_span.context.trace_id:032x}-{client_span.context.span_id:016x}-")
+
+
+def test_an_unexpected_exception_is_recorded_on_the_lean_paths_server_span(
+    orders: StubUpstream, bearer: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(edge, "_tracer", provider.get_tracer("test"))
+
+    def broken(**kwargs: Any) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "mint_assertion", broken)
+
+    status, _, _ = call(untrusted_trace_context(edge.ProxyHandler()), "GET", "/api/v1/orders/", **bearer)
+
+    assert status == 500
+    (server_span,) = exporter.get_finished_spans()
+    assert server_span.status.status_code is StatusCode.ERROR
+    assert server_span.status.description == "RuntimeError: a bug"
+    assert [event.attributes["exception.type"] for event in server_span.events] == ["RuntimeError"]
