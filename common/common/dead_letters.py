@@ -75,13 +75,24 @@ def dead_letter_from_message(queue: str, body: Any, headers: dict[str, Any]) -> 
         queue=queue,
         # The attempt the worker never finished is counted once: Celery's retries before it, plus it.
         attempts=int(headers.get("retries") or 0) + 1,
-        error=(
-            f"dead-lettered by RabbitMQ ({death.get('reason', 'delivery_limit')}): given back more often than "
-            "its queue's x-delivery-limit (EVENT_DELIVERY_LIMIT) without an outcome; the worker died or "
-            "overran its hard time limit handling it"
-        ),
+        error=_rabbitmq_death_reason(str(death.get("reason", "delivery_limit"))),
         dead_at=died.astimezone(UTC).isoformat() if isinstance(died, datetime) else str(died or ""),
     )
+
+
+def _rabbitmq_death_reason(reason: str) -> str:
+    if reason == "delivery_limit":
+        return (
+            "dead-lettered by RabbitMQ (delivery_limit): given back more often than its queue's "
+            "x-delivery-limit (EVENT_DELIVERY_LIMIT) without an outcome; the worker died or overran its hard "
+            "time limit handling it"
+        )
+    if reason == "rejected":
+        return (
+            "dead-lettered by RabbitMQ (rejected): the worker refused the message without requeueing it, e.g. "
+            "when publishing its retry failed; see the worker's log at dead_at"
+        )
+    return f"dead-lettered by RabbitMQ ({reason})"
 
 
 def dead_letter_send(*, queue: str, event: dict[str, Any], attempts: int, error: str) -> None:

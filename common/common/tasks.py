@@ -8,8 +8,9 @@ where a person can look at it and re-drive it after a fix. Every exception count
 ones: a bug fixed and deployed within the backoff window heals itself, and a poison event costs N tries
 at most.
 
-A message whose handling kills the worker process (or overruns the hard time limit) never reaches this
-code's count: the broker gives it back with the same attempt number. On RabbitMQ the consumer queue is a
+A message whose handling kills the worker process (or overruns the hard time limit: ``acks_on_timeout``
+is off, so it is given back rather than acknowledged) never reaches this code's count: the broker gives it
+back with the same attempt number. On RabbitMQ the consumer queue is a
 quorum queue with ``x-delivery-limit`` = ``EVENT_DELIVERY_LIMIT`` (:func:`common.events.event_queue`):
 RabbitMQ counts those deliveries and dead-letters the message itself to the same ``<queue>.dead``. With a
 quorum queue configured, Celery (5.5+) would send a countdown retry through its "native delayed delivery"
@@ -62,8 +63,18 @@ def retry_countdown(attempt: int) -> float:
 
 
 # max_retries=None: the attempt count is ours (EVENT_MAX_ATTEMPTS), and what happens at the end is a dead
-# letter, not Celery's MaxRetriesExceededError.
-@shared_task(name=HANDLE_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+# letter, not Celery's MaxRetriesExceededError. acks_on_timeout=False: Celery's default acknowledges a
+# message whose handler overran the hard time limit, i.e. drops the event; given back instead, it counts
+# against the quorum queue's delivery limit like a crash. (A handler that raised is acknowledged as before:
+# by then it is retried or dead-lettered by the code below.)
+@shared_task(
+    name=HANDLE_TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    acks_on_timeout=False,
+    max_retries=None,
+)
 def handle_event(self: Any, event: dict[str, Any]) -> None:
     handler_path = settings.EVENT_HANDLERS.get(event.get("type"))
     if handler_path is None:

@@ -159,6 +159,34 @@ def test_event_that_kills_its_worker_is_dead_lettered_by_rabbitmq_after_the_deli
     assert crash.id.replace("-", "") not in crash_test.handled()
 
 
+def test_event_whose_handler_overruns_the_hard_time_limit_is_dead_lettered_after_the_delivery_limit(
+    crash_test: CrashTest,
+) -> None:
+    # Given this service's queues as setup_broker declares them, and a worker with a 3 s hard time limit
+    crash_test.manage("migrate", "--run-syncdb", "--verbosity", "0")
+    crash_test.manage("setup_broker")
+
+    # When an event whose handler hangs is published, then a good event behind it
+    hung = crash_test.publish("hangs", {"n": 0})
+    good = crash_test.publish("happened", {"n": 1})
+    worker = crash_test.start_worker()
+    try:
+        wait_until(
+            lambda: good.id.replace("-", "") in crash_test.handled(), "the good event handled", crash_test.worker_log
+        )
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+
+    # Then each timeout gave the message back (it was not acknowledged into nothing), RabbitMQ counted the
+    # deliveries, and past the limit dead-lettered it once
+    assert "Hard time limit (3s) exceeded" in crash_test.worker_log.read_text()
+    assert crash_test.delivered() == [hung.id] * (DELIVERY_LIMIT + 1)
+    lines = crash_test.manage("dead_letters", "list", "--json").stdout.splitlines()
+    letters = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [letter["event"]["id"] for letter in letters] == [hung.id]
+
+
 def test_setup_broker_refuses_an_existing_classic_queue_of_the_same_name_and_says_what_to_do(
     crash_test: CrashTest,
 ) -> None:

@@ -76,3 +76,12 @@ def test_task_message_dead_lettered_by_rabbitmq_is_read_as_a_dead_letter_of_its_
     assert "delivery_limit" in letter.error
     assert "x-delivery-limit" in letter.error
     assert letter.dead_at == died.isoformat()
+
+
+def test_a_message_rabbitmq_dead_lettered_for_another_reason_says_which() -> None:
+    headers = {"x-death": [{"reason": "rejected", "queue": "shop.events", "time": "t"}]}
+
+    letter = dead_letter_from_message("shop.events", [[], {"event": {"id": "e3"}}, {}], headers)
+
+    assert letter.error.startswith("dead-lettered by RabbitMQ (rejected)")
+    assert "x-delivery-limit" not in letter.error
