@@ -129,6 +129,17 @@ def _task_postrun(task_id: str | None = None, task: Any = None, state: str | Non
         CELERY_TASK_DURATION.labels(name).observe(time.perf_counter() - started)
 
 
+@signals.worker_process_shutdown.connect(weak=False)  # a prefork pool process
+@signals.worker_shutdown.connect(weak=False)  # the worker itself (the solo pool's only process)
+def _worker_process_gone(**kwargs: Any) -> None:
+    """A stopping worker process's live gauges go (e.g. ``runtime_config_version``, one sample per process),
+    as gunicorn's child_exit does for web workers (common.gunicorn_hooks); its counters stay."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
 # At scrape time
 
 

@@ -45,8 +45,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -109,7 +111,7 @@ class RuntimeConfig:
         self._ttl = ttl
         self._timeout = timeout
         self._retry_interval = retry_interval
-        self._marker_interval = marker_interval
+        self._marker_interval = max(marker_interval, 0.05)  # 0 would make the watcher spin
         self._store = store
         self.values: dict[str, Any] = {}
         self.version = 0
@@ -122,6 +124,16 @@ class RuntimeConfig:
         self._start_lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._stop = threading.Event()
+        _instances.add(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has none of its parent's threads: without this its copy would never be refreshed
+        (the watcher is gone) and a lock the watcher held at the fork would stay taken for ever. The child
+        keeps the inherited values and starts its own watcher at its next read."""
+        self._start_lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.started = False
 
     def get(self, key: str, default: Any = None) -> Any:
         if not self.started:
@@ -233,6 +245,19 @@ class RuntimeConfig:
 
 _client: RuntimeConfig | None = None
 _client_lock = threading.Lock()
+_instances: weakref.WeakSet[RuntimeConfig] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Nothing forks after reading its configuration today (gunicorn without --preload, Celery's parent never
+    # reads it), but a preloading server or a start-up hook would, and then every child would be stuck.
+    global _client_lock
+    _client_lock = threading.Lock()
+    for instance in list(_instances):
+        instance.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def client() -> RuntimeConfig:

@@ -4,10 +4,13 @@ internal networks only."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import signals as celery_signals
 from django.test import Client
 
 from common.errors import UpstreamUnavailable
@@ -116,3 +119,21 @@ def test_the_service_clients_breaker_states_and_instances_are_exported(settings:
     assert sample(text, "service_client_breaker_state", target="users", state="half_open") == 0
     assert sample(text, "service_client_instance_up", target="payments", instance=dead) == 0  # ejected
     assert sample(text, "service_client_instance_up", target="users", instance=server.url) == 1
+
+
+def test_a_stopping_worker_process_drops_its_live_gauges_and_keeps_its_counters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given this process's files in a multiprocess metrics folder: a live gauge and a counter
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    live_gauge = tmp_path / f"gauge_liveall_{os.getpid()}.db"
+    counter = tmp_path / f"counter_{os.getpid()}.db"
+    live_gauge.write_bytes(b"")
+    counter.write_bytes(b"")
+
+    # when Celery says the worker (or a pool process) is stopping
+    celery_signals.worker_shutdown.send(sender=None)
+
+    # then its live gauge is gone, so a scrape no longer reports a process that is not there
+    assert not live_gauge.exists()
+    assert counter.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,6 +164,38 @@ def test_without_an_announcement_the_ttl_brings_the_new_version(live_server: Any
     save_version(service="gateway", profile="default", values={"feature.beta": False}, author="bob")
 
     wait_for(lambda: config.get("feature.beta") is False)  # the backstop: the event worker was down
+    config.stop()
+
+
+def test_a_process_forked_after_reading_its_configuration_keeps_it_current(live_server: Any, settings: Any) -> None:
+    # given a process that read its configuration (a preloading server's master, say), then forks
+    save_version(service="gateway", profile="default", values={"feature.beta": True}, author="ann")
+    config = other_process(live_server.url, settings, ttl=0.2)
+    assert config.get("feature.beta") is True
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its parent's watcher thread did not come along
+        outcome = "timeout"
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if config.get("feature.beta") is False:
+                    watchers = [t for t in threading.enumerate() if t.name == "runtime-config-watch"]
+                    outcome = f"refreshed, {len(watchers)} watcher"
+                    break
+                time.sleep(0.05)
+        finally:
+            os.write(write_end, outcome.encode())
+            os._exit(0)
+
+    # when a new version is saved
+    save_version(service="gateway", profile="default", values={"feature.beta": False}, author="bob")
+
+    # then the child, with a watcher of its own, gets it
+    os.close(write_end)
+    os.waitpid(child, 0)
+    assert os.read(read_end, 100).decode() == "refreshed, 1 watcher"
+    os.close(read_end)
     config.stop()
 
 
