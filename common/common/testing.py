@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,6 +20,7 @@ from django.test.utils import override_settings
 from kombu import Connection, Queue, binding, pools
 from kombu.transport.filesystem import Transport as FilesystemTransport
 
+from common import runtime_config
 from common.events import EVENTS_EXCHANGE, has_outbox
 from common.internal_auth import HEADER, mint_assertion
 from common.outbox import relay_pending
@@ -148,3 +154,82 @@ class EventBroker:
         # The filesystem transport also remembers declared exchanges and bindings per process, and would
         # skip writing them into a new control folder.
         FilesystemTransport.global_state.clear()
+
+
+class ConfigCenterStub:
+    """A stand-in for the gateway's config center on loopback, for the services' tests (they cannot run the
+    gateway's app): ``GET /config/<service>/<profile>/`` answers the last published version with its ETag,
+    304 when revalidated with that ETag, and 404 for other paths or before anything was published, as the
+    real one does. The wire format is pinned by the gateway's own client tests (configcenter/tests)."""
+
+    def __init__(self, service: str, profile: str = "default") -> None:
+        self.path = f"/config/{service}/{profile}/"
+        self.version = 0
+        self.values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with stub._lock:
+                    version, values = stub.version, stub.values
+                etag = f'"{service}.{profile}.v{version}"'
+                if self.path != stub.path or not version:
+                    self._send(404, b'{"error": {"code": "not_found"}}')
+                elif self.headers.get("If-None-Match") == etag:
+                    self._send(304, b"", etag=etag)
+                else:
+                    self._send(200, json.dumps({"version": version, "values": values}).encode(), etag=etag)
+
+            def _send(self, status: int, body: bytes, *, etag: str = "") -> None:
+                self.send_response(status)
+                if etag:
+                    self.send_header("ETag", etag)
+                if status != 304:
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def publish(self, values: dict[str, Any]) -> int:
+        """Save ``values`` as the next version; its number."""
+        with self._lock:
+            self.version += 1
+            self.values = values
+            return self.version
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+@contextmanager
+def no_config_center(marker_dir: Path) -> Iterator[None]:
+    """For a service's suite, around every test: never a config center that may be running on this machine
+    (127.0.0.1:8000) but a loopback port nothing listens on, so ``runtime_config`` answers with the settings
+    (a test that needs one starts a :class:`ConfigCenterStub`); announced versions go to ``marker_dir``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with override_settings(CONFIG_CENTER_URL=unused_url, CONFIG_MARKER_DIR=str(marker_dir)):
+        runtime_config.reset()
+        try:
+            yield
+        finally:
+            runtime_config.reset()

@@ -3,13 +3,9 @@ of its processes through the marker they share, against a real config server on 
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -18,36 +14,16 @@ from common import runtime_config
 from common.events import Event
 from common.runtime_config import RuntimeConfig, marker_key, marker_store
 from common.tasks import handle_event
+from common.testing import ConfigCenterStub
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def config_versions() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A config center for orders/default answering the last of ``versions`` (version = its position)."""
-    versions: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            body = json.dumps({"version": len(versions), "values": versions[-1] if versions else {}}).encode()
-            self.send_response(200 if self.path == "/config/orders/default/" else 404)
-            self.send_header("ETag", f'"orders.default.v{len(versions)}"')
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    host, port = server.server_address[:2]
-    yield f"http://{host!s}:{port}", versions
-    server.shutdown()
-    server.server_close()
+def config_center() -> Iterator[ConfigCenterStub]:
+    stub = ConfigCenterStub("orders")
+    yield stub
+    stub.stop()
 
 
 def test_the_order_service_subscribes_to_config_changed() -> None:
@@ -57,12 +33,11 @@ def test_the_order_service_subscribes_to_config_changed() -> None:
 
 
 def test_a_handled_config_changed_reaches_a_web_process_well_before_the_ttl(
-    config_versions: tuple[str, list[dict[str, Any]]],
+    config_center: ConfigCenterStub,
 ) -> None:
-    url, versions = config_versions
-    versions.append({"upstream.read_timeout": 5.0})
+    config_center.publish({"upstream.read_timeout": 5.0})
     web_process = RuntimeConfig(
-        url=url,
+        url=config_center.url,
         service="orders",
         profile="default",
         secret=settings.INTERNAL_AUTH_SECRET,
@@ -72,11 +47,11 @@ def test_a_handled_config_changed_reaches_a_web_process_well_before_the_ttl(
     )
     assert web_process.get("upstream.read_timeout") == 5.0
 
-    versions.append({"upstream.read_timeout": 9.0})
-    event = Event(type="config.changed", data={"service": "orders", "profile": "default", "version": 2})
+    version = config_center.publish({"upstream.read_timeout": 9.0})
+    event = Event(type="config.changed", data={"service": "orders", "profile": "default", "version": version})
     handle_event.apply(kwargs={"event": asdict(event)}).get()  # as the order service's event worker runs it
 
-    assert marker_store().get(marker_key("default")) == 2
+    assert marker_store().get(marker_key("default")) == version
     deadline = time.monotonic() + 5
     while web_process.get("upstream.read_timeout") != 9.0:
         assert time.monotonic() < deadline, "the announcement did not reach the other process"

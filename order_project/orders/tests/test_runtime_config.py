@@ -3,11 +3,8 @@ common.runtime_config, against a real config server on loopback: a new version a
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,80 +15,14 @@ from common import runtime_config
 from common.errors import UpstreamUnavailable
 from common.events import Event
 from common.runtime_config import MARKER_KEY
+from common.testing import ConfigCenterStub
 from orders.clients import payment_service_client, user_service_client
 from orders.tests.conftest import USER_ID, user_url
 
-CONFIG_PATH = "/config/orders/default/"
-
-
-class ConfigServer:
-    """The config center's GET /config/<service>/<profile>/ for the orders service: the current version
-    with its ETag, 304 when revalidated with that ETag, 404 for other paths (other services/profiles)."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.values: dict[str, Any] = {}
-        self.fetches: list[str] = []  # "200" or "304" per answered fetch
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                with owner._lock:
-                    version, values = owner.version, owner.values
-                etag = f'"{version}"'
-                if self.path != CONFIG_PATH or not version:
-                    self._send(404, b'{"error": {"code": "not_found"}}')
-                elif self.headers.get("If-None-Match") == etag:
-                    owner.fetches.append("304")
-                    self._send(304, b"", etag=etag)
-                else:
-                    owner.fetches.append("200")
-                    self._send(200, json.dumps({"version": version, "values": values}).encode(), etag=etag)
-
-            def _send(self, status: int, body: bytes, *, etag: str = "") -> None:
-                self.send_response(status)
-                if etag:
-                    self.send_header("ETag", etag)
-                if status != 304:
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def publish(self, values: dict[str, Any]) -> int:
-        with self._lock:
-            self.version += 1
-            self.values = values
-            return self.version
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
 
 @pytest.fixture
-def config_server(settings: Any) -> Iterator[ConfigServer]:
-    server = ConfigServer()
-    server.start()
+def config_server(settings: Any) -> Iterator[ConfigCenterStub]:
+    server = ConfigCenterStub("orders")
     settings.CONFIG_CENTER_URL = server.url
     runtime_config.reset()  # a client for this URL (and the test's CONFIG_TTL) at the next use
     yield server
@@ -123,7 +54,7 @@ def test_without_a_config_center_the_clients_use_the_settings(settings: Any) -> 
 
 
 def test_a_new_version_applies_to_the_next_call_after_the_ttl(
-    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+    config_server: ConfigCenterStub, settings: Any, http: responses.RequestsMock
 ) -> None:
     settings.CONFIG_TTL = 0.2
     config_server.publish({"upstream.read_timeout": 7.0, "breaker.failures": 3})
@@ -150,7 +81,7 @@ def test_a_new_version_applies_to_the_next_call_after_the_ttl(
 
 
 def test_a_config_changed_event_applies_the_new_breaker_threshold_at_once(
-    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+    config_server: ConfigCenterStub, settings: Any, http: responses.RequestsMock
 ) -> None:
     settings.CONFIG_TTL = 600.0  # only the event can bring the new version within this test
     config_server.publish({"breaker.failures": 5})
@@ -171,7 +102,7 @@ def test_a_config_changed_event_applies_the_new_breaker_threshold_at_once(
     assert len(http.calls) == 2
 
 
-def test_an_event_for_another_service_changes_nothing(config_server: ConfigServer, settings: Any) -> None:
+def test_an_event_for_another_service_changes_nothing(config_server: ConfigCenterStub, settings: Any) -> None:
     settings.CONFIG_TTL = 600.0
     config_server.publish({"upstream.read_timeout": 7.0})
     assert user_service_client().timeout[1] == 7.0
@@ -184,7 +115,7 @@ def test_an_event_for_another_service_changes_nothing(config_server: ConfigServe
 
 
 def test_an_unreachable_center_leaves_the_last_good_values(
-    config_server: ConfigServer, settings: Any, http: responses.RequestsMock
+    config_server: ConfigCenterStub, settings: Any, http: responses.RequestsMock
 ) -> None:
     settings.CONFIG_TTL = 0.2
     config_server.publish({"upstream.read_timeout": 7.0, "breaker.failures": 3})

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from common import runtime_config
-from common.testing import EventBroker
+from common.testing import EventBroker, no_config_center
 from payment_service.celery import app as celery_app
 
 
@@ -26,14 +24,6 @@ def event_broker(tmp_path: Path) -> Iterator[EventBroker]:
 
 
 @pytest.fixture(autouse=True)
-def no_config_center(settings: Any, tmp_path: Path) -> Iterator[None]:
-    # Never a config center that may be running on this machine (127.0.0.1:8000): a loopback port nothing
-    # listens on, so runtime_config answers with the settings (test_runtime_config.py starts a real one).
-    # Announced versions stay in the test's folder.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        settings.CONFIG_CENTER_URL = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    settings.CONFIG_MARKER_DIR = str(tmp_path / "config-marker")
-    runtime_config.reset()
-    yield
-    runtime_config.reset()
+def isolated_runtime_config(tmp_path: Path) -> Iterator[None]:
+    with no_config_center(tmp_path / "config-marker"):
+        yield

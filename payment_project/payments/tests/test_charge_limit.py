@@ -5,13 +5,10 @@ and in the service's other processes through the shared marker."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,76 +18,19 @@ from common import runtime_config
 from common.events import Event
 from common.runtime_config import RuntimeConfig, marker_key, marker_store
 from common.tasks import handle_event
-from common.testing import assertion_headers
+from common.testing import ConfigCenterStub, assertion_headers
 from payments.methods import max_charge_amount
 from payments.models import Payment
 
 pytestmark = pytest.mark.django_db
 
-CONFIG_PATH = "/config/payments/default/"
 CHARGE_URL = "/api/v1/payments/"
 KEY = "payments.max_charge_amount"
 
 
-class ConfigServer:
-    """The config center's GET /config/payments/default/: the current version with its ETag, 304 when
-    revalidated with it, 404 for other paths."""
-
-    def __init__(self) -> None:
-        self.version = 0
-        self.values: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                with owner._lock:
-                    version, values = owner.version, owner.values
-                etag = f'"payments.default.v{version}"'
-                if self.path != CONFIG_PATH:
-                    self._send(404, b'{"error": {"code": "not_found"}}')
-                elif self.headers.get("If-None-Match") == etag:
-                    self._send(304, b"", etag=etag)
-                else:
-                    self._send(200, json.dumps({"version": version, "values": values}).encode(), etag=etag)
-
-            def _send(self, status: int, body: bytes, *, etag: str = "") -> None:
-                self.send_response(status)
-                if etag:
-                    self.send_header("ETag", etag)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def publish(self, values: dict[str, Any]) -> int:
-        with self._lock:
-            self.version += 1
-            self.values = values
-            return self.version
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
 @pytest.fixture
-def config_server(settings: Any) -> Iterator[ConfigServer]:
-    server = ConfigServer()
+def config_server(settings: Any) -> Iterator[ConfigCenterStub]:
+    server = ConfigCenterStub("payments")
     settings.CONFIG_CENTER_URL = server.url
     settings.CONFIG_TTL = 600.0  # within a test only an event brings a new version, unless it says otherwise
     runtime_config.reset()
@@ -141,7 +81,7 @@ def test_the_setting_is_the_limit_when_the_config_center_has_none(client: Client
 
 
 def test_a_new_limit_applies_at_once_on_config_changed_without_a_restart(
-    client: Client, config_server: ConfigServer
+    client: Client, config_server: ConfigCenterStub
 ) -> None:
     config_server.publish({KEY: 500})
     assert charge(client, "400.00")["status"] == "succeeded"
@@ -155,7 +95,9 @@ def test_a_new_limit_applies_at_once_on_config_changed_without_a_restart(
     assert marker_store().get(marker_key("default")) == version  # announced to the other processes
 
 
-def test_the_other_processes_of_the_service_follow_the_announcement(config_server: ConfigServer, settings: Any) -> None:
+def test_the_other_processes_of_the_service_follow_the_announcement(
+    config_server: ConfigCenterStub, settings: Any
+) -> None:
     config_server.publish({KEY: 500})
     web_process = RuntimeConfig(  # another gunicorn worker: its own memory, the same marker files
         url=config_server.url,
@@ -176,7 +118,7 @@ def test_the_other_processes_of_the_service_follow_the_announcement(config_serve
 
 
 def test_a_replayed_charge_keeps_its_first_outcome_after_the_limit_changes(
-    client: Client, config_server: ConfigServer
+    client: Client, config_server: ConfigCenterStub
 ) -> None:
     config_server.publish({KEY: 500})
     first = charge(client, "400.00", key="order-a1-charge")
@@ -187,7 +129,9 @@ def test_a_replayed_charge_keeps_its_first_outcome_after_the_limit_changes(
     assert Payment.objects.count() == 1
 
 
-def test_an_unreachable_config_center_leaves_the_last_good_limit(client: Client, config_server: ConfigServer) -> None:
+def test_an_unreachable_config_center_leaves_the_last_good_limit(
+    client: Client, config_server: ConfigCenterStub
+) -> None:
     config_server.publish({KEY: 100})
     assert max_charge_amount() == Decimal("100.00")
 
@@ -198,7 +142,7 @@ def test_an_unreachable_config_center_leaves_the_last_good_limit(client: Client,
     assert charge(client, "100.01")["failure_code"] == "amount_too_large"
 
 
-def test_a_value_the_service_cannot_use_leaves_the_setting(config_server: ConfigServer, settings: Any) -> None:
+def test_a_value_the_service_cannot_use_leaves_the_setting(config_server: ConfigCenterStub, settings: Any) -> None:
     # refused at save time by the config center's schema; one stored under an older schema must not stop charges
     settings.PAYMENT_MAX_CHARGE_AMOUNT = Decimal("75.00")
     config_server.publish({KEY: "lots"})
