@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import urllib3
 
 from common import discovery
+from common.daemons import PerProcessDaemon
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def refresh_each(balancers: Sequence[Balancer]) -> None:
             logger.exception("could not refresh the instances of %s", each.service)
 
 
-class HealthChecker:
+class HealthChecker(PerProcessDaemon):
     """One daemon thread per process that re-reads the balancers' sources every ``refresh_interval()``
     seconds and checks their instances (each on its registered interval, else ``interval()``); either is
     off while its value is 0. The values are read on every round, so a new setting applies without a
@@ -235,23 +236,12 @@ class HealthChecker:
         timeout: Callable[[], float],
         refresh_interval: Callable[[], float] | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name)
         self._balancers = balancers
         self._interval = interval
         self._timeout = timeout
         self._refresh_interval = refresh_interval or interval
-        self._pid = 0
-        self._start_lock = threading.Lock()
         self.wake = threading.Event()  # set when instances change, so the checker reschedules at once
-
-    def start(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:  # two threads' first calls start one thread
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-        threading.Thread(target=self._run, name=self.name, daemon=True).start()
 
     def check_due(self, executor: ThreadPoolExecutor, now: float) -> float:
         """Start the checks that are due (each instance on its own interval), without waiting for them;
@@ -267,7 +257,7 @@ class HealthChecker:
                 next_due = min(next_due, instance.next_check_at)
         return next_due
 
-    def _run(self) -> None:
+    def run(self) -> None:
         refresh_at = 0.0
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"{self.name}-check") as executor:
             while True:

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import redis
+
+from common.daemons import PerProcessDaemon
 
 logger = logging.getLogger(__name__)
 
@@ -238,28 +239,17 @@ def sync_once(shared: SharedStates | None, breakers: Mapping[str, Breaker]) -> N
         breakers[service].adopt(state, changed_at)
 
 
-class BreakerSync:
+class BreakerSync(PerProcessDaemon):
     """One daemon thread per process running ``sync`` (usually :func:`sync_once` over the caller's
     breakers) every ``interval()`` seconds, started by the first breaker that shares its state. gunicorn
     loads the application in each worker (no --preload), so each worker gets its own."""
 
     def __init__(self, *, name: str, sync: Callable[[], None], interval: Callable[[], float]) -> None:
-        self.name = name
+        super().__init__(name)
         self._sync = sync
         self._interval = interval
-        self._pid = 0
-        self._start_lock = threading.Lock()
 
-    def start(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:  # two threads' first calls start one thread
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-        threading.Thread(target=self._run, name=self.name, daemon=True).start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         while True:
             time.sleep(self._interval())
             try:
