@@ -13,40 +13,7 @@ import pytest
 from urllib3.exceptions import NewConnectionError, ProtocolError
 
 from proxy import connections
-from proxy.tests.utils import closed_port_url
-
-
-class RawServer:
-    """Accepts connections on 127.0.0.1 and lets ``serve(conn)`` answer each, on its own thread."""
-
-    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.accepted = 0
-        self._serve = serve
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def read_request(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return b""
-        data += chunk
-    return data
+from proxy.tests.utils import RawServer, closed_port_url, read_request
 
 
 def answer(body: bytes, *extra: str) -> bytes:

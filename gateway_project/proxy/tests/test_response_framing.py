@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,51 +13,33 @@ from django.db import close_old_connections
 from django.test import Client
 
 from proxy import balancer
+from proxy.tests.utils import RawServer, read_request
 
 
-class ScriptedService:
-    """Answers every request on every connection with the same raw bytes, keeping connections open."""
+def answering_every_request_with(raw_answer: bytes) -> Callable[[socket.socket], None]:
+    """A service's ``serve``: the same raw bytes for every request (GETs, no body), keeping the connection."""
 
-    def __init__(self, raw_answer: bytes) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.raw_answer = raw_answer
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                data = data.partition(b"\r\n\r\n")[2]  # GET requests: no body
-                conn.sendall(self.raw_answer)
+            while read_request(conn):
+                conn.sendall(raw_answer)
+
+    return serve
 
 
 @pytest.fixture
 def orders_answering(settings: Any) -> Iterator[Any]:
-    services: list[ScriptedService] = []
+    services: list[RawServer] = []
 
-    def start(raw_answer: bytes) -> ScriptedService:
-        services.append(ScriptedService(raw_answer))
+    def start(raw_answer: bytes) -> RawServer:
+        services.append(RawServer(answering_every_request_with(raw_answer)))
         settings.UPSTREAMS = {**settings.UPSTREAMS, "orders": services[-1].url}
         balancer.reset()
         return services[-1]
 
     yield start
     for service in services:
-        service.listener.close()
+        service.close()
 
 
 def get_orders(bearer: dict[str, str]) -> Any:
