@@ -233,3 +233,24 @@ def no_config_center(marker_dir: Path) -> Iterator[None]:
             yield
         finally:
             runtime_config.reset()
+
+
+@contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose listen queue is full: a connection attempt gets no answer and times out
+    (a host that is down or overloaded), unlike a closed port's immediate refusal."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        fillers = []
+        try:
+            for _ in range(3):  # Linux admits backlog + 1 before it drops SYNs
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()

@@ -17,7 +17,8 @@ from common.errors import UpstreamTimeout, UpstreamUnavailable
 from common.http import ServiceClient, service_client, tracked_clients
 from common.internal_auth import Principal, verify_assertion
 from common.request_id import reset_request_id, set_request_id
-from tests.loopback import HangUpServer, LoopbackServer, Reply, closed_port, loopback_server, unanswered_port
+from common.testing import unanswered_port
+from tests.loopback import HangUpServer, LoopbackServer, Reply, closed_port, loopback_server
 
 SECRET = "the-internal-secret-the-services-share-0123456789"
 

@@ -4,7 +4,6 @@ real view and middleware (Django's test client) against real upstream servers on
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
 import time
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from common.testing import unanswered_port
 from proxy import breakers, routes
 from proxy.retries import RetryBudget
 from proxy.tests.upstream_stub import StubUpstream
@@ -158,23 +158,14 @@ def test_the_overall_deadline_bounds_all_attempts_together(
 
 def test_a_connect_timeout_per_route(client: Client, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # given an instance that never completes a connection: a listener whose backlog is full drops SYNs
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        host, port = listener.getsockname()
-        fillers = [socket.socket() for _ in range(4)]
-        for filler in fillers:
-            filler.setblocking(False)
-            filler.connect_ex((host, port))
+    with unanswered_port() as port:
         with_route_policy(monkeypatch, "/api/v1/users/", connect_timeout=0.2, retries=0)
-        settings.UPSTREAMS = {**settings.UPSTREAMS, "users": f"http://{host}:{port}"}
+        settings.UPSTREAMS = {**settings.UPSTREAMS, "users": f"http://127.0.0.1:{port}"}
 
         # when
         started = time.perf_counter()
         response = client.get("/api/v1/users/1/")
         elapsed = time.perf_counter() - started
-        for filler in fillers:
-            filler.close()
 
     # then: nothing reached the service, and the route's 0.2 s (not the 2 s default) was waited
     assert response.status_code == 503

@@ -6,7 +6,6 @@ real view against real upstream servers on loopback."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
+from common.testing import unanswered_port
 from configcenter import runtime
 from configcenter.services import save_version
 from proxy import routes
@@ -96,23 +96,14 @@ def test_the_config_centers_connect_timeout_applies(
     # and a setting of 5 s that would make this test wait
     settings.UPSTREAM_CONNECT_TIMEOUT = 5.0
     with_route_policy(monkeypatch, "/api/v1/users/", retries=0)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        host, port = listener.getsockname()
-        fillers = [socket.socket() for _ in range(4)]
-        for filler in fillers:
-            filler.setblocking(False)
-            filler.connect_ex((host, port))
-        settings.UPSTREAMS = {**settings.UPSTREAMS, "users": f"http://{host}:{port}"}
+    with unanswered_port() as port:
+        settings.UPSTREAMS = {**settings.UPSTREAMS, "users": f"http://127.0.0.1:{port}"}
         apply_version({"upstream.connect_timeout": 0.2})
 
         # when
         started = time.perf_counter()
         response = client.get("/api/v1/users/1/")
         elapsed = time.perf_counter() - started
-        for filler in fillers:
-            filler.close()
 
     # then nothing reached the service, after the config center's 0.2 s, not the setting's 5 s
     assert response.status_code == 503
