@@ -33,6 +33,7 @@ APPEND_SLASH = False
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["common.internal_auth.ServiceAssertionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["common.internal_auth.IsEndUser"],
+    "DEFAULT_SCHEMA_CLASS": "common.schema.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "common.errors.drf_exception_handler",

@@ -5,7 +5,10 @@ that hold a service assertion and listing every path it serves, including intern
 service's charge, which only the order service may call). The public document is made from them here:
 fetched from each service directly (timeout ``DOCS_SCHEMA_TIMEOUT``), cached for
 ``DOCS_SCHEMA_CACHE_SECONDS`` and kept as the last good copy when a service cannot be reached; only the
-paths and methods the public route table forwards are kept; the security is the client's Bearer JWT
+paths and methods the public route table forwards are kept, less the operations a service marks as for
+other services only (``x-internal``, common.schema); each operation also lists the errors the gateway itself
+answers (:data:`GATEWAY_ERRORS`: a bad token, a body over the limit, the rate limit, an unreachable or
+failing service) in the same envelope as the services' own; the security is the client's Bearer JWT
 (required or optional as the route says), never the internal ``X-Service-Assertion``; the operations of a
 deprecated route are marked ``deprecated``; the gateway's own ``/api/v1/me/overview`` is added.
 
@@ -31,6 +34,7 @@ from django.shortcuts import render
 from common.errors import ApplicationError, error_response
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
+from common.schema import INTERNAL_EXTENSION
 from proxy import upstream
 from proxy.routes import SERVICES, Route, UpstreamPolicy, match_route
 
@@ -39,6 +43,49 @@ logger = logging.getLogger(__name__)
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 BEARER = "BearerAuth"
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024
+
+# The errors the gateway answers itself, by when they apply: (status, when, description). "auth": the route
+# takes a token; "body": the operation has a request body; "path": its path has a parameter, which a client
+# can fill with what the path hygiene refuses (proxy/middleware.py); "always": any request. Every one is the
+# shared envelope (#/components/schemas/Error, which the services publish).
+GATEWAY_ERRORS = (
+    (
+        400,
+        "path",
+        "The path is ambiguous or malformed: dot segments, encoded slashes, control characters, ... (invalid_path).",
+    ),
+    (
+        401,
+        "auth",
+        "The access token is missing where required, or invalid: not_authenticated, token_expired, "
+        "invalid_token, invalid_signature, unknown_key, ...",
+    ),
+    (413, "body", "The body is over the route's limit (payload_too_large)."),
+    (414, "always", "The request line (path and query) is over the limit (uri_too_long)."),
+    (429, "always", "Over the route's rate limit (rate_limited); wait for Retry-After seconds."),
+    (502, "always", "The service's answer could not be used (upstream_error)."),
+    (503, "always", "The service is unreachable or its circuit is open (upstream_unavailable); see Retry-After."),
+    (504, "always", "The service did not answer in time (upstream_timeout)."),
+)
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+# The envelope, for a document none of whose services could be fetched (they publish it otherwise).
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object", "additionalProperties": {}},
+                "request_id": {"type": "string"},
+                "trace_id": {"type": "string"},
+            },
+            "required": ["code", "message", "details"],
+        }
+    },
+    "required": ["error"],
+}
 
 _lock = threading.Lock()
 _last_good: dict[str, tuple[float, dict[str, Any]]] = {}  # service -> (fetched at, schema)
@@ -133,6 +180,27 @@ def _security(route: Route) -> list[dict[str, list[str]]]:
     return [{BEARER: []}, {}]  # optional: a token identifies the caller, none is anonymous
 
 
+def _add_gateway_errors(operation: dict[str, Any], path: str, route: Route) -> None:
+    """The gateway's own errors (:data:`GATEWAY_ERRORS`), where the service did not document that status."""
+    responses = operation.setdefault("responses", {})
+    for status, when, description in GATEWAY_ERRORS:
+        if when == "auth" and route.auth == "none":
+            continue
+        if when == "body" and "requestBody" not in operation:
+            continue
+        if when == "path" and "{" not in path:
+            continue
+        response = _error_answer(description)
+        if status in (429, 503):
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+        responses.setdefault(str(status), response)
+    operation["responses"] = dict(sorted(responses.items()))
+
+
+def _error_answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
+
+
 def public_schema(schemas: dict[str, dict[str, Any]], missing: list[str]) -> dict[str, Any]:
     """The public document made of the services' schemas (see the module's docstring)."""
     paths: dict[str, Any] = {}
@@ -157,9 +225,10 @@ def public_schema(schemas: dict[str, dict[str, Any]], missing: list[str]) -> dic
                 if method not in HTTP_METHODS:
                     operations[method] = operation  # path-level parameters, summary
                     continue
-                if method.upper() not in route.methods:
+                if method.upper() not in route.methods or operation.get(INTERNAL_EXTENSION):
                     continue
                 operation["security"] = _security(route)
+                _add_gateway_errors(operation, path, route)
                 if route.deprecation is not None:
                     operation["deprecated"] = True
                 for tag in operation.get("tags", []):
@@ -168,6 +237,7 @@ def public_schema(schemas: dict[str, dict[str, Any]], missing: list[str]) -> dic
             if any(method in HTTP_METHODS for method in operations):
                 paths[path] = operations
     paths["/api/v1/me/overview"] = _overview_path()
+    components.setdefault("Error", ERROR_SCHEMA)
     tags.setdefault("me", {"name": "me"})
     description = (
         "The shop's public API, through the gateway. Authenticate with the access token from "
@@ -227,8 +297,9 @@ def _overview_path() -> dict[str, Any]:
                         }
                     },
                 },
-                "401": {"description": "No or an invalid access token"},
-                "503": {"description": "No service could give any part"},
+                "401": _error_answer("No or an invalid access token (not_authenticated, token_expired, ...)."),
+                "429": _error_answer("Over the rate limit (rate_limited); wait for Retry-After seconds."),
+                "503": _error_answer("No service could give any part (upstream_unavailable)."),
             },
         }
     }

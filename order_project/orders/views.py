@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from common.idempotency import HEADER as IDEMPOTENCY_KEY_HEADER
 from common.idempotency import IdempotentPostMixin
+from common.schema import error_response
 from orders.models import IdempotencyKey, Order
 from orders.selectors import order_get, order_history, order_list
 from orders.serializers import OrderHistoryEntrySerializer, OrderPlaceInputSerializer, OrderSerializer
@@ -64,6 +65,12 @@ class OrderListCreateView(IdempotentPostMixin, GenericAPIView):
             202: OpenApiResponse(
                 OrderSerializer, description="payment_pending: finishes in the background; poll Location."
             ),
+            400: error_response("Invalid fields (validation_error): unknown products, mixed currencies, ..."),
+            403: error_response("The account is no longer available (account_unavailable)."),
+            409: error_response(
+                "Not in stock in the quantity asked for (out_of_stock), or a request with this Idempotency-Key "
+                "is still running (idempotency_key_in_use)."
+            ),
         },
         operation_id="orders_create",
     )
@@ -90,6 +97,7 @@ class OrderCancelView(APIView):
         responses={
             200: OpenApiResponse(OrderSerializer, description="Cancelled (refunded if it was paid)."),
             202: OpenApiResponse(OrderSerializer, description="refund_pending: the refund finishes in the background."),
+            409: error_response("The payment is still being settled; try again shortly (payment_outcome_pending)."),
         },
         operation_id="orders_cancel",
     )

@@ -7,16 +7,6 @@ from users.models import User
 PASSWORD_MAX_LENGTH = 256  # long enough for any password manager, short enough to keep hashing cheap
 
 
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.DictField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorDetailSerializer()
-
-
 class UserCreateInputSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     name = serializers.CharField(max_length=150)

@@ -3,17 +3,17 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from django.utils.cache import patch_cache_control
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.schema import error_response
 from users.keys import published_jwks
 from users.selectors import user_get_active, user_get_visible
 from users.serializers import (
-    ErrorSerializer,
     JwksSerializer,
     TokenObtainInputSerializer,
     TokenPairOutputSerializer,
@@ -29,11 +29,7 @@ from users.throttling import ScopedSettingsRateThrottle
 JWKS_MAX_AGE_SECONDS = 60
 
 
-def _error(description: str) -> OpenApiResponse:
-    return OpenApiResponse(ErrorSerializer, description=description)
-
-
-UNAUTHENTICATED = _error("No valid service assertion, or no signed-in user.")
+UNAUTHENTICATED = error_response("No valid service assertion, or no signed-in user.")
 
 
 class UserCreateApi(APIView):
@@ -45,9 +41,9 @@ class UserCreateApi(APIView):
         request=UserCreateInputSerializer,
         responses={
             201: UserOutputSerializer,
-            400: _error("Invalid fields (validation_error), including a password the validators reject."),
-            401: _error("No valid service assertion."),
-            409: _error("The email address is taken (email_taken)."),
+            400: error_response("Invalid fields (validation_error), including a password the validators reject."),
+            401: error_response("No valid service assertion."),
+            409: error_response("The email address is taken (email_taken)."),
         },
     )
     def post(self, request: Request) -> Response:
@@ -61,7 +57,11 @@ class UserMeApi(APIView):
     @extend_schema(
         operation_id="users_me",
         summary="The signed-in user",
-        responses={200: UserOutputSerializer, 401: UNAUTHENTICATED, 404: _error("The account no longer exists.")},
+        responses={
+            200: UserOutputSerializer,
+            401: UNAUTHENTICATED,
+            404: error_response("The account no longer exists."),
+        },
     )
     def get(self, request: Request) -> Response:
         user = user_get_active(user_id=request.user.id)
@@ -72,7 +72,11 @@ class UserDetailApi(APIView):
     @extend_schema(
         operation_id="users_retrieve",
         summary="A user: yourself, or anyone for staff",
-        responses={200: UserOutputSerializer, 401: UNAUTHENTICATED, 404: _error("No such user visible to you.")},
+        responses={
+            200: UserOutputSerializer,
+            401: UNAUTHENTICATED,
+            404: error_response("No such user visible to you."),
+        },
     )
     def get(self, request: Request, user_id: int) -> Response:
         user = user_get_visible(user_id=user_id, viewer=request.user)
@@ -90,9 +94,9 @@ class TokenObtainApi(APIView):
         request=TokenObtainInputSerializer,
         responses={
             200: TokenPairOutputSerializer,
-            400: _error("Invalid fields (validation_error)."),
-            401: _error("Wrong email or password, or inactive account (invalid_credentials)."),
-            429: _error(
+            400: error_response("Invalid fields (validation_error)."),
+            401: error_response("Wrong email or password, or inactive account (invalid_credentials)."),
+            429: error_response(
                 "Too many attempts from this address (rate_limited) or failed ones for this account "
                 "(too_many_attempts); see Retry-After."
             ),
@@ -118,8 +122,8 @@ class TokenRefreshApi(APIView):
         request=TokenRefreshInputSerializer,
         responses={
             200: TokenPairOutputSerializer,
-            400: _error("Invalid fields (validation_error)."),
-            401: _error(
+            400: error_response("Invalid fields (validation_error)."),
+            401: error_response(
                 "Unknown (invalid_token), expired (token_expired), revoked (token_revoked) or already used "
                 "(token_reused) refresh token."
             ),
@@ -143,7 +147,7 @@ class LogoutApi(APIView):
             "within minutes."
         ),
         request=TokenRefreshInputSerializer,
-        responses={204: None, 400: _error("Invalid fields (validation_error).")},
+        responses={204: None, 400: error_response("Invalid fields (validation_error).")},
     )
     def post(self, request: Request) -> Response:
         serializer = TokenRefreshInputSerializer(data=request.data)

@@ -207,13 +207,23 @@ SERVICE_SCHEMAS = {
         {
             "/api/v1/products/": {"get": operation("#/components/schemas/Error", ("products",))},
             "/api/v2/products/": {"get": operation(tags=("products",))},
-            "/api/v1/orders/": {"get": operation(), "post": operation()},
+            "/api/v1/orders/": {
+                "get": operation(),
+                "post": {
+                    **operation(),
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                    "responses": {"201": {"description": ""}, "429": {"description": "the service's own words"}},
+                },
+            },
         },
         {"Error": {"type": "string"}},  # the same name as the user service's, another shape
     ),
     "payments": openapi(
         {
-            "/api/v1/payments/": {"post": operation()},  # the order service's charge: not public
+            "/api/v1/payments/": {
+                "get": {**operation(), "x-internal": True},  # the order service's reconciliation: not public
+                "post": operation(),  # the order service's charge: not forwarded
+            },
             "/api/v1/payments/{payment_id}/": {"get": operation()},
             "/api/v1/payments/{payment_id}/refund": {"post": operation()},
         },
@@ -259,6 +269,25 @@ def test_the_public_schema_has_exactly_the_forwarded_paths_with_bearer_auth(clie
     assert document["paths"]["/api/v1/users/{id}/"]["get"]["security"] == [{"BearerAuth": []}, {}]
     assert document["paths"]["/api/v1/products/"]["get"]["deprecated"] is True
     assert "deprecated" not in document["paths"]["/api/v2/products/"]["get"]
+
+
+@pytest.mark.usefixtures("schemas")
+def test_each_public_operation_lists_the_errors_the_gateway_answers_itself(client: Client) -> None:
+    paths = json_of(client.get("/api/schema/"))["paths"]
+
+    def statuses(path: str, method: str) -> list[str]:
+        return sorted(paths[path][method]["responses"])
+
+    # a route that takes a token, with a body: 401 and 413 too; what the service documented stays its own
+    assert statuses("/api/v1/orders/", "post") == ["201", "401", "413", "414", "429", "502", "503", "504"]
+    assert paths["/api/v1/orders/"]["post"]["responses"]["429"] == {"description": "the service's own words"}
+    # a route with an optional token (an invalid one is still a 401), without a body or a path parameter
+    assert statuses("/api/v2/products/", "get") == ["200", "401", "414", "429", "502", "503", "504"]
+    # a path parameter the path hygiene may refuse
+    assert "400" in statuses("/api/v1/payments/{payment_id}/", "get")
+    limited = paths["/api/v2/products/"]["get"]["responses"]["429"]
+    assert limited["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert "Retry-After" in limited["headers"]
 
 
 @pytest.mark.usefixtures("schemas")
