@@ -74,6 +74,18 @@ class AutoSchema(openapi.AutoSchema):
             operation[INTERNAL_EXTENSION] = True
         return operation
 
+    def _map_serializer_field(self, field: Any, direction: str, bypass_extensions: bool = False) -> Any:
+        # drf-spectacular leaves out a nested list's bounds (many=True, allow_empty, min/max_length), so an
+        # empty or over-long list would pass for valid in the document while the serializer refuses it.
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(field, serializers.ListSerializer) and isinstance(schema, dict) and schema.get("type") == "array":
+            min_items = max(field.min_length or 0, 0 if field.allow_empty else 1)
+            if min_items:
+                schema["minItems"] = min_items
+            if field.max_length is not None:
+                schema["maxItems"] = field.max_length
+        return schema
+
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:  # type: ignore[override]
         responses: dict[str, Any] = super()._get_response_bodies(direction)  # type: ignore[arg-type]
         for status, description in self._error_answers():

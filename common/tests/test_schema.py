@@ -24,6 +24,16 @@ class ThingSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=20)
 
 
+class BasketSerializer(serializers.Serializer):
+    things = ThingSerializer(many=True, allow_empty=False, max_length=5)
+
+
+class BasketView(APIView):
+    @extend_schema(request=BasketSerializer, responses={201: BasketSerializer})
+    def post(self, request: Request) -> Response:
+        return Response({}, status=201)
+
+
 class PublicListView(APIView):
     permission_classes = [AllowAny]
     pagination_class = PageNumberPagination
@@ -61,6 +71,7 @@ def document() -> dict[str, Any]:
         path("things/", ThingView.as_view()),
         path("things/<int:thing_id>/", ThingDetailView.as_view()),
         path("internal/", InternalView.as_view()),
+        path("baskets/", BasketView.as_view()),
     ]
     return SchemaGenerator(patterns=patterns).get_schema(request=None, public=True)
 
@@ -101,3 +112,9 @@ def test_operations_only_services_may_call_are_marked_internal() -> None:
 
     assert paths["/internal/"]["get"]["x-internal"] is True
     assert "x-internal" not in paths["/things/"]["post"]
+
+
+def test_a_nested_list_keeps_its_bounds() -> None:
+    things = document()["components"]["schemas"]["Basket"]["properties"]["things"]
+
+    assert (things["type"], things["minItems"], things["maxItems"]) == ("array", 1, 5)
