@@ -281,6 +281,9 @@ class System:
         for service in SERVICES:
             port = self.ports[service.name]
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As gunicorn binds: a port whose last connections still wait out TIME_WAIT (a system just
+                # stopped) is free to listen on; one that something listens on is not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((HOST, port))
                 except OSError:

@@ -93,6 +93,26 @@ def test_a_port_in_use_is_one_clear_line(launcher_env: dict[str, str]) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_port_a_just_stopped_server_left_in_time_wait_counts_as_free(tmp_path: Path) -> None:
+    # given a port whose server closed its last connection first, as gunicorn does at 'down'
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)) as server:
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side of the connection now waits in TIME_WAIT for a minute
+        assert client.recv(1) == b""
+        client.close()
+    ports = {service.name: free_port() for service in manage_all.SERVICES} | {"orders": port}
+    system = manage_all.System(var_dir=tmp_path, ports=ports, base_env=dict(os.environ))
+
+    # then 'up' right after 'down' does not call it taken (gunicorn can listen on it)
+    system.check_ports_free()
+    # and a port something listens on still is taken
+    taken = f"port {port} \\(orders\\) is already in use"
+    with socket.create_server(("127.0.0.1", port)), pytest.raises(manage_all.LaunchError, match=taken):
+        system.check_ports_free()
+
+
 def test_manage_passes_through_to_one_service(launcher_env: dict[str, str]) -> None:
     result = launcher("manage", "payments", "check", "--deploy", "--fail-level", "CRITICAL", env=launcher_env)
 
