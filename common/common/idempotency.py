@@ -26,19 +26,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.http import HttpResponse
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from common.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -195,6 +198,11 @@ class IdempotentPostMixin:
     def handle_exception(self, exc: Exception) -> Response | HttpResponse:
         if isinstance(exc, Replay):
             return exc.response
+        if isinstance(exc, IdempotencyKeyReused) and self._idempotency_claim is not None:
+            # The view found the key already bound to earlier work of another request (its record had been
+            # freed by a 5xx): this request never owned the key, so the record must not keep its 422.
+            self._idempotency_claim.release()
+            self._idempotency_claim = None
         try:
             return super().handle_exception(exc)  # type: ignore[misc,no-any-return]
         except Exception:
@@ -209,10 +217,16 @@ class IdempotentPostMixin:
         held, self._idempotency_claim = self._idempotency_claim, None
         if held is None:
             return response
-        if response.status_code >= 500:
-            held.release()
-        else:
-            if hasattr(response, "render"):
-                response.render()  # the exact bytes the client gets, so a replay sends the same
-            held.store(response)
+        try:
+            if response.status_code >= 500:
+                held.release()
+            else:
+                if hasattr(response, "render"):
+                    response.render()  # the exact bytes the client gets, so a replay sends the same
+                held.store(response)
+        except DatabaseError:
+            # The work is done and committed; failing to keep its answer must not turn it into a 500 that
+            # invites a retry with another key. The key stays locked until IDEMPOTENCY_LOCK_TIMEOUT, then a
+            # retry with it runs again and finds its earlier work (see the module docstring).
+            logger.exception("could not store the response for an Idempotency-Key; the client still gets it")
         return response

@@ -16,7 +16,7 @@ from catalog.selectors import product_map_active
 from catalog.services import stock_reserve
 from common.errors import UpstreamError
 from common.events import publish_event
-from common.idempotency import key_ttl
+from common.idempotency import IdempotencyKeyReused, key_ttl
 from common.internal_auth import Principal
 from orders import saga
 from orders.clients import user_service_client
@@ -49,6 +49,7 @@ def order_place(
         mine.filter(created_at__lte=timezone.now() - key_ttl()).update(idempotency_key=None)
         earlier = mine.first()
         if earlier is not None:
+            _check_same_request(earlier, items=items, payment_method=payment_method)
             return saga.advance(earlier.id)
     # Local checks first: a bad request must not cost a call to another service.
     products = _products_for_lines(items)
@@ -74,9 +75,21 @@ def order_place(
         if idempotency_key is None:
             raise
         earlier = Order.objects.get(user_id=principal.id, idempotency_key=idempotency_key)
+        _check_same_request(earlier, items=items, payment_method=payment_method)
         return saga.advance(earlier.id)
     # The request owns the first step (its lease was written with the order): charge now.
     return saga.advance(order.id, only_if_due=False)
+
+
+def _check_same_request(earlier: Order, *, items: Sequence[Mapping[str, int]], payment_method: str) -> None:
+    """An order found by its idempotency key is only this request's if it was placed with the same lines
+    and payment method. The key's record normally tells a different body apart first (422), but it is
+    freed after a 5xx answer, and the order may have been committed before that error: without this a
+    different request with the key would be handed the earlier order as its own."""
+    placed = sorted(earlier.items.values_list("product_id", "quantity"))
+    asked = sorted((line["product_id"], line["quantity"]) for line in items)
+    if placed != asked or earlier.payment_method != payment_method:
+        raise IdempotencyKeyReused()
 
 
 def order_cancel(*, principal: Principal, order_id: int) -> Order:

@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from common.errors import PermissionDenied
 from common.events import publish_event
+from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from common.internal_auth import Principal
-from payments.errors import IdempotencyKeyReused, InvalidIdempotencyKey, InvalidPaymentMethod, PaymentNotRefundable
+from payments.errors import InvalidPaymentMethod, PaymentNotRefundable
 from payments.methods import charge_outcome
 from payments.models import Payment
 from payments.selectors import payment_get

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import OperationalError, connection
+from django.db.models import QuerySet
 from django.test import Client
 from django.utils import timezone
 
@@ -75,6 +76,55 @@ def test_the_same_key_with_another_body_is_refused_with_422(user_exists, fake_pa
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "idempotency_key_reused"
     assert Order.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_another_body_with_the_key_of_an_order_committed_before_a_server_error_is_refused_with_422(
+    user_exists, fake_payments: FakePaymentService
+) -> None:
+    product = ProductFactory()
+    first = place(body_for(product.id), "key-1")
+    # As after a 5xx answered once the order was committed: the key's record is freed, the order keeps the key.
+    IdempotencyKey.objects.all().delete()
+
+    other_quantity = place(body_for(product.id, quantity=2), "key-1")
+    other_method = place({**body_for(product.id), "payment_method": "tok_mastercard"}, "key-1")
+    same = place(body_for(product.id), "key-1")
+
+    assert (other_quantity.status_code, other_method.status_code) == (422, 422)
+    assert other_quantity.json()["error"]["code"] == "idempotency_key_reused"
+    assert same.status_code == 201
+    assert same.json()["id"] == first.json()["id"]
+    assert Order.objects.count() == 1
+    assert fake_payments.charge_calls == 1
+
+
+@pytest.mark.django_db
+def test_an_answer_that_cannot_be_kept_for_its_key_still_reaches_the_client(
+    user_exists, fake_payments: FakePaymentService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database refuses the write that keeps the response (only that one): the order is placed and paid,
+    # and the client is told so, not given a 500 that would invite a second order with a fresh key.
+    update = QuerySet.update
+
+    def failing_update(queryset: QuerySet[Any], **fields: Any) -> int:
+        if queryset.model is IdempotencyKey and "response_status" in fields:
+            raise OperationalError("disk I/O error")
+        return update(queryset, **fields)
+
+    monkeypatch.setattr(QuerySet, "update", failing_update)
+    body = body_for(ProductFactory().id)
+
+    response = place(body, "key-1")
+
+    assert response.status_code == 201
+    assert Order.objects.get().status == "confirmed"
+    # The key stays held until its lock times out; then a retry finds the order instead of placing another.
+    assert place(body, "key-1").status_code == 409
+    monkeypatch.setattr(QuerySet, "update", update)
+    IdempotencyKey.objects.update(locked_at=timezone.now() - timedelta(minutes=5))
+    assert place(body, "key-1").json()["id"] == response.json()["id"]
+    assert fake_payments.charge_calls == 1
 
 
 @pytest.mark.django_db

@@ -150,6 +150,24 @@ def test_a_key_held_by_a_request_that_died_is_taken_over_and_never_charges_twice
     assert Payment.objects.count() == 1
 
 
+def test_another_body_with_the_key_of_a_payment_made_before_a_server_error_is_refused_and_binds_nothing(
+    client: Client,
+) -> None:
+    charge(client, "k")
+    # As after a 5xx answered once the payment was committed: the key's record is freed, the payment keeps it.
+    IdempotencyKey.objects.all().delete()
+
+    other = charge(client, "k", {**BODY, "amount": "25.00"})
+    same = charge(client, "k")
+
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    # The refused request never owned the key: the same body as the payment's still finds it.
+    assert same.status_code == 200
+    assert same.headers["Idempotent-Replayed"] == "true"
+    assert Payment.objects.count() == 1
+
+
 def test_expired_keys_are_purged(client: Client) -> None:
     charge(client, "old")
     charge(client, "new")

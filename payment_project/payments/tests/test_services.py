@@ -6,8 +6,9 @@ import pytest
 from django.db import connection
 
 from common.errors import PermissionDenied
+from common.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
 from common.internal_auth import Principal
-from payments.errors import IdempotencyKeyReused, InvalidIdempotencyKey, InvalidPaymentMethod
+from payments.errors import InvalidPaymentMethod
 from payments.models import Payment
 from payments.services import payment_charge
 from payments.tests.factories import PaymentFactory
