@@ -127,9 +127,21 @@ def event_from_outbox(row: Any) -> Event:
     )
 
 
+# How long the relay waits for the broker's confirm of one publish. A confirm lost on a half-open connection
+# would otherwise hold the relay for ever; shorter than the outbox lease (OUTBOX_LEASE_SECONDS, 30 s), so a
+# row is never claimed by another relay while this one still waits for its confirm.
+DEFAULT_CONFIRM_TIMEOUT = 10.0
+
+
 def send_event(event: Event, *, retry_policy: dict[str, Any] | None = None) -> None:
     """Put ``event`` on the events exchange now: persistent, and (RabbitMQ) confirmed by the broker before
-    this returns (``confirm_publish`` in the transport options). Only the relay and tests call this."""
+    this returns (``confirm_publish`` in the transport options), or an error after
+    ``OUTBOX_CONFIRM_TIMEOUT`` seconds without a confirm (the relay then sends it again later: a duplicate
+    at worst, which consumers' inboxes absorb). Only the relay and tests call this.
+
+    Not ``mandatory``: an event no queue is bound to yet is confirmed and dropped by RabbitMQ, as publish/
+    subscribe means; the consumers' queues are declared durable by ``setup_broker`` before anything is
+    published, so a subscriber that is down still gets its events."""
     current_app.send_task(
         HANDLE_TASK_NAME,
         kwargs={"event": asdict(event)},
@@ -140,6 +152,7 @@ def send_event(event: Event, *, retry_policy: dict[str, Any] | None = None) -> N
         delivery_mode=2,  # persistent
         retry=True,
         retry_policy=retry_policy or {"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
+        confirm_timeout=float(getattr(settings, "OUTBOX_CONFIRM_TIMEOUT", DEFAULT_CONFIRM_TIMEOUT)),
     )
 
 

@@ -183,6 +183,8 @@ EVENT_HANDLERS: dict[str, str] = {}
 CONFIG_PROFILE = config("CONFIG_PROFILE", default="default")
 CONFIG_POLL_INTERVAL = config("CONFIG_POLL_INTERVAL", default=1.0, cast=float)
 OUTBOX_MODEL = "configcenter.OutboxEvent"
+OUTBOX_MAX_LAG_SECONDS = config("OUTBOX_MAX_LAG_SECONDS", default=300.0, cast=float)  # readiness fails beyond
+OUTBOX_CONFIRM_TIMEOUT = config("OUTBOX_CONFIRM_TIMEOUT", default=10.0, cast=float)  # the relay gives a publish up
 
 CELERY_BROKER_URL = envs.broker_url()
 CELERY_BROKER_TRANSPORT = envs.broker_transport(CELERY_BROKER_URL)

@@ -25,6 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from common.errors import ApplicationError, UpstreamError, error_response
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import mint_assertion
+from common.outbox import outbox_stats
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
 from common.tokens import TokenError
@@ -263,13 +264,22 @@ def ready_view(request: HttpRequest) -> JsonResponse:
 
 
 def _own_health() -> dict[str, Any]:
+    """The gateway's database, and its outbox (the config center publishes ``config.changed`` through it):
+    pending events and the oldest one's age, failing as the services' outbox check does once the oldest
+    has waited longer than ``OUTBOX_MAX_LAG_SECONDS`` (the relay is down, or the broker has been a while)."""
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
+        outbox = outbox_stats()
     except Exception as exc:  # any driver error means the same thing here: the database is unusable
         logger.warning("gateway database check failed: %s", exc)
         return {"status": "down", "checks": {"database": "unavailable"}}
-    return {"status": "ok", "checks": {"database": "ok"}}
+    checks = {"database": "ok", "outbox": "ok"}
+    lag = outbox.oldest_pending_seconds
+    if lag is not None and lag > settings.OUTBOX_MAX_LAG_SECONDS:
+        checks["outbox"] = f"Outbox lagging: oldest pending event {lag:.0f}s old"
+    status = "ok" if all(value == "ok" for value in checks.values()) else "down"
+    return {"status": status, "checks": checks, "events": {"outbox": outbox.as_dict()}}
 
 
 def _service_health(base_url: str, *, request_id: str) -> dict[str, Any]:

@@ -186,6 +186,7 @@ OUTBOX_MAX_LAG_SECONDS = config("OUTBOX_MAX_LAG_SECONDS", default=300.0, cast=fl
 # A claimed row is re-sent after this long if its relay died before marking it sent (the inbox absorbs the
 # duplicate); longer than the slowest confirmed publish.
 OUTBOX_LEASE_SECONDS = config("OUTBOX_LEASE_SECONDS", default=30.0, cast=float)
+OUTBOX_CONFIRM_TIMEOUT = config("OUTBOX_CONFIRM_TIMEOUT", default=10.0, cast=float)  # below the lease
 OUTBOX_BATCH_SIZE = config("OUTBOX_BATCH_SIZE", default=100, cast=int)
 OUTBOX_RETENTION_DAYS = config("OUTBOX_RETENTION_DAYS", default=7, cast=int)  # sent rows are pruned after
 EVENT_MAX_ATTEMPTS = config("EVENT_MAX_ATTEMPTS", default=5, cast=int)  # then the event is dead-lettered

@@ -18,7 +18,11 @@ def test_health_is_ok_when_every_service_is(client: Client, stubs: dict[str, Stu
     assert response.status_code == 200
     body = json_of(response)
     assert body["status"] == "ok"
-    assert body["gateway"] == {"status": "ok", "checks": {"database": "ok"}}
+    assert body["gateway"] == {
+        "status": "ok",
+        "checks": {"database": "ok", "outbox": "ok"},
+        "events": {"outbox": {"pending": 0, "oldest_pending_seconds": None}},
+    }
     assert body["services"]["users"] == {
         "status": "ok",
         "checks": {"database": "ok", "cache": "ok", "broker": "ok"},
