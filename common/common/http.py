@@ -17,19 +17,29 @@ for the callers' thresholds (the order saga's).
 :func:`service_client` builds one wired to the calling service's settings (discovery, health checks,
 breaker thresholds, Redis-shared breaker state) and tracks it, so the service's ``/metrics`` reports its
 breaker state and instance health (common/common/metrics.py).
+
+A request's calls share its deadline: :class:`RequestDeadlineMiddleware` gives each incoming request
+``SERVICE_REQUEST_DEADLINE`` seconds (set below the gateway's own timeout), and every call made while it
+runs, its retries included, ends by then (:func:`call_deadline`): a slow service makes the caller answer
+in time with a 504 (or, for the order saga's charge, an unknown outcome it settles later) instead of the
+gateway giving up on a request that then goes on to change things. Calls outside a request (the saga's
+background, Celery) have no deadline but their own timeouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import requests
 from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ProtocolError
 
@@ -53,6 +63,36 @@ RETRIED_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})  # RFC 9110 9.2.2
 DEFAULT_BREAKER_FAILURES = 5
 DEFAULT_BREAKER_RESET_SECONDS = 10.0
+
+# time.monotonic() by which the calls made in this context must end; None: no deadline.
+_deadline: ContextVar[float | None] = ContextVar("service_call_deadline", default=None)
+
+
+@contextlib.contextmanager
+def call_deadline(seconds: float | None) -> Iterator[None]:
+    """Every ServiceClient call made inside ends within ``seconds`` from now (None: no deadline), retries
+    included; an earlier deadline already in force is kept."""
+    ends = None if seconds is None else time.monotonic() + seconds
+    current = _deadline.get()
+    if current is not None and (ends is None or current < ends):
+        ends = current
+    token = _deadline.set(ends)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+class RequestDeadlineMiddleware:
+    """Gives each request ``SERVICE_REQUEST_DEADLINE`` seconds (default 10) for the calls it makes to other
+    services."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        with call_deadline(float(_setting("SERVICE_REQUEST_DEADLINE", 10.0))):
+            return self.get_response(request)
 
 
 class ServiceClient:
@@ -139,11 +179,14 @@ class ServiceClient:
     ) -> requests.Response:
         """The call with its retries, each on an instance not tried yet while there is one."""
         idempotent = method.upper() in IDEMPOTENT_METHODS
+        deadline = _deadline.get()
         tried: list[Instance] = []
         retried = 0
         while True:
+            timeout = self._timeout_within(deadline)
             instance = self.balancer.acquire(exclude=tried)
             tried.append(instance)
+            failure: Exception | None = None
             try:
                 response = self.session.request(
                     method,
@@ -151,21 +194,37 @@ class ServiceClient:
                     json=json,
                     params=params,
                     headers=headers,
-                    timeout=self.timeout,
+                    timeout=timeout,
                     allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 failure, nothing_sent = self._failure(exc, instance)
+                failure.__cause__ = exc
                 if not (nothing_sent or idempotent) or retried >= self.retries:
                     raise failure from exc
             else:
                 if response.status_code not in RETRIED_STATUSES or not idempotent or retried >= self.retries:
                     return response  # the last answer, even a 503, once the retries are spent
-                response.close()
             finally:
                 self.balancer.release(instance)  # requests has read the whole body by now
             retried += 1
-            self._pause(retried)
+            if not self._pause(retried, deadline):
+                # No time left for another attempt before the deadline: this one's outcome stands.
+                if failure is not None:
+                    raise failure
+                return response
+            if failure is None:
+                response.close()
+
+    def _timeout_within(self, deadline: float | None) -> tuple[float, float]:
+        """This attempt's (connect, read) timeouts, cut to what is left of the deadline."""
+        if deadline is None:
+            return self.timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout(details={"service": self.audience, "reason": "deadline"})
+        connect, read = self.timeout
+        return min(connect, remaining), min(read, remaining)
 
     def _failure(self, exc: requests.RequestException, instance: Instance) -> tuple[Exception, bool]:
         """The error to raise for a failed attempt, and whether nothing reached the service (then any
@@ -183,11 +242,16 @@ class ServiceClient:
             return UpstreamUnavailable(details=details), True
         return UpstreamUnavailable(details=details), False
 
-    def _pause(self, retry: int) -> None:
-        """urllib3's backoff, which this client used before it retried by itself: the first retry at once,
-        then ``backoff_factor * 2 ** (retry - 1)`` plus up to 0.1 s of jitter."""
-        if retry > 1:
-            time.sleep(self.backoff_factor * 2 ** (retry - 1) + random.uniform(0, 0.1))  # noqa: S311 (jitter)
+    def _pause(self, retry: int, deadline: float | None) -> bool:
+        """Wait before retry number ``retry``: urllib3's backoff, which this client used before it retried by
+        itself (the first retry at once, then ``backoff_factor * 2 ** (retry - 1)`` plus up to 0.1 s of
+        jitter). False, without waiting, when the deadline would pass before the retry could start."""
+        pause = self.backoff_factor * 2 ** (retry - 1) + random.uniform(0, 0.1) if retry > 1 else 0.0  # noqa: S311
+        if deadline is not None and time.monotonic() + pause >= deadline:
+            return False
+        if pause:
+            time.sleep(pause)
+        return True
 
 
 def _broke_mid_exchange(exc: requests.ConnectionError) -> bool:

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import requests
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
 
 from common.balancing import Balancer, StaticInstances
 from common.breakers import Breaker, SharedStates
 from common.errors import UpstreamTimeout, UpstreamUnavailable
-from common.http import ServiceClient, service_client, tracked_clients
+from common.http import RequestDeadlineMiddleware, ServiceClient, call_deadline, service_client, tracked_clients
 from common.internal_auth import Principal, verify_assertion
 from common.request_id import reset_request_id, set_request_id
 from common.testing import unanswered_port
@@ -359,3 +361,73 @@ def test_service_client_breakers_share_their_state_through_redis(client_settings
     while client.breaker.state != "closed":
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+# --- a request's deadline ---------------------------------------------------------------------------------
+
+
+def test_calls_within_a_deadline_end_by_it_even_when_timeouts_and_retries_would_take_longer(
+    server: LoopbackServer,
+) -> None:
+    server.answer(Reply(200, delay=3.0))
+    client = client_for(server.url, read_timeout=2.0)  # a GET: 3 attempts of 2 s without a deadline
+
+    started = time.monotonic()
+    with call_deadline(0.5), pytest.raises(UpstreamTimeout):
+        client.request("GET", "/api/v1/payments/3/")
+
+    assert time.monotonic() - started < 1.0
+    assert len(server.received) == 1  # no retry could have ended in time
+
+
+def test_no_call_is_sent_once_the_deadline_has_passed(server: LoopbackServer) -> None:
+    with call_deadline(0.05):
+        time.sleep(0.1)
+        with pytest.raises(UpstreamTimeout) as raised:
+            client_for(server.url).request("GET", "/api/v1/payments/3/")
+
+    assert raised.value.details == {"service": "payments", "reason": "deadline"}
+    assert server.received == []
+
+
+def test_a_retry_that_fits_in_the_deadline_is_still_made(server: LoopbackServer) -> None:
+    server.answer(Reply(503), Reply(200, {"id": 3}))
+
+    with call_deadline(5.0):
+        response = client_for(server.url).request("GET", "/api/v1/payments/3/")
+
+    assert response.status_code == 200
+    assert len(server.received) == 2
+
+
+def test_an_inner_deadline_never_extends_the_one_in_force(server: LoopbackServer) -> None:
+    server.answer(Reply(200, delay=3.0))
+    started = time.monotonic()
+
+    with call_deadline(0.3), call_deadline(30), pytest.raises(UpstreamTimeout):
+        client_for(server.url).request("GET", "/api/v1/payments/3/")
+
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_middleware_gives_each_request_its_deadline(server: LoopbackServer, settings: Any) -> None:
+    settings.SERVICE_REQUEST_DEADLINE = 0.4
+    server.answer(Reply(200, delay=3.0))
+    client = client_for(server.url)
+    outcomes: list[str] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        try:
+            client.request("GET", "/api/v1/payments/3/")
+        except UpstreamTimeout as exc:
+            outcomes.append(exc.code)
+        return HttpResponse()
+
+    started = time.monotonic()
+    RequestDeadlineMiddleware(view)(RequestFactory().get("/"))
+
+    assert outcomes == ["upstream_timeout"]
+    assert time.monotonic() - started < 1.0
+    # Outside a request, the client's own timeouts alone apply again.
+    server.answer(Reply(200, {"id": 3}))
+    assert client.request("GET", "/api/v1/payments/3/").status_code == 200

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "common.metrics.MetricsMiddleware",  # first: it counts every answer, the error pages of the others too
     "common.request_id.RequestIdMiddleware",
+    "common.http.RequestDeadlineMiddleware",  # a request's calls to users and payments share its deadline
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -134,6 +135,10 @@ SERVICE_BREAKER_FAILURES = config("SERVICE_BREAKER_FAILURES", default=5, cast=in
 SERVICE_BREAKER_RESET_SECONDS = config("SERVICE_BREAKER_RESET_SECONDS", default=10.0, cast=float)
 SERVICE_CONNECT_TIMEOUT = config("SERVICE_CONNECT_TIMEOUT", default=2.0, cast=float)
 SERVICE_READ_TIMEOUT = config("SERVICE_READ_TIMEOUT", default=5.0, cast=float)
+# All of one request's calls to other services, retries included, end within this: below the gateway's
+# UPSTREAM_READ_TIMEOUT (15 s), so a slow service gets the client a 504 (or, for a charge, a 202 the saga
+# settles later) rather than a gateway timeout over a request that goes on to place an order.
+SERVICE_REQUEST_DEADLINE = config("SERVICE_REQUEST_DEADLINE", default=10.0, cast=float)
 SERVICE_LOAD_BALANCER_POLICY = config("SERVICE_LOAD_BALANCER_POLICY", default="least_outstanding")
 SERVICE_CHECK_INTERVAL = config("SERVICE_CHECK_INTERVAL", default=5.0, cast=float)  # 0: passive ejection only
 SERVICE_CHECK_TIMEOUT = config("SERVICE_CHECK_TIMEOUT", default=1.0, cast=float)
