@@ -1,8 +1,9 @@
 """Calls to the services. :func:`send` (proxied requests, the docs' schemas, the overview's parts) goes over
-``http.client`` keep-alive connections kept per thread (proxy/connections.py): a request through the
-gateway should cost little more than the service's own work, and ``http.client`` costs ≈ 280 µs per call
-where urllib3 costs 390-460 and ``requests`` several times that (PERFORMANCE.md). The health checks use
-one urllib3 pool per instance, shared by a worker's threads (:func:`connection_pool`).
+keep-alive sockets kept per thread whose responses llhttp parses (proxy/connections.py): a request through
+the gateway should cost little more than the service's own work, and such a call costs ≈ 145 µs of CPU
+where ``http.client`` costs ≈ 280-340, urllib3 390-460 and ``requests`` several times that (PERFORMANCE.md,
+bench/README.md). The health checks use one urllib3 pool per instance, shared by a worker's threads
+(:func:`connection_pool`).
 
 One call, :func:`send`: the service's circuit breaker admits it (proxy/breakers.py), the balancer picks an
 instance (proxy/balancer.py), and a failure (connection refused or broken, timeout, 502/503/504) is tried
@@ -210,7 +211,7 @@ def _attempt(
     read_timeout: float,
 ) -> connections.Response:
     """One call to one instance (proxy/connections.py), in a CLIENT span of the request's trace whose
-    context goes along in ``traceparent``: no instrumentation watches ``http.client``, and the urllib3
+    context goes along in ``traceparent``: no instrumentation watches a plain socket, and the urllib3
     one cost ≈ 200 µs per call (it binds urlopen's signature, records three metric histograms and builds a
     dozen attributes)."""
     span = _tracer.start_span(
