@@ -15,6 +15,9 @@ It starts, each on a free 127.0.0.1 port:
   requires one), and whatever rate limiting, breaker and access logging the gateway has switched on;
 - ``express`` and ``express+ka``: ``bench/express_gateway.js`` (Express 5 + http-proxy) in its seed
   form (a new upstream connection per request) and with a keep-alive agent.
+- ``floor-wsgi`` and ``floor-asgi`` (``bench/floors/``): forwarders with no feature at all, under gunicorn's
+  gthread worker with ``http.client`` and under its ASGI worker with httptools connections: what the
+  server and client alone cost, below any gateway feature.
 
 Each target gets the same wrk load (``GET /api/v1/orders/`` with the same ``Authorization`` header),
 a warm-up, then timed runs in alternating order. It prints req/s, p50/p99 latency and CPU per request of
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import resource
@@ -54,7 +58,9 @@ HOST = "127.0.0.1"
 PATH = "/api/v1/orders/"  # a route that requires a signed-in user, so every request verifies a token
 JWT_ISSUER = "bench-users"
 JWT_AUDIENCE = "bench-api"
-TARGETS = ("direct", "gateway", "gateway+redis", "express", "express+ka")
+TARGETS = ("direct", "gateway", "gateway+redis", "express", "express+ka", "floor-wsgi", "floor-asgi")
+# Not gateways: the cost of a server and an HTTP client alone, forwarding with no feature (bench/floors/).
+FLOORS = ("floor-wsgi", "floor-asgi")
 GATEWAYS = ("gateway", "gateway+redis")
 # The issue's targets, with authentication, rate limiting, breaker and access logs all on.
 MIN_RATIO_DIRECT = 0.5
@@ -325,6 +331,31 @@ def start_express(processes: Processes, variant: str, *, upstream: Target) -> Ta
     return Target(variant, url, process.popen.pid, note=note)
 
 
+def start_floor(processes: Processes, variant: str, *, upstream: Target) -> Target:
+    """A forwarder with no feature at all, under gunicorn with the gateway's workers: ``floor-wsgi`` the
+    gthread worker with ``http.client`` (the gateway's present server and client), ``floor-asgi`` gunicorn's
+    ASGI worker with asyncio connections parsed by httptools. The gap between a floor and the gateway is
+    what the gateway's features cost; the gap between the floors, what the architecture does."""
+    port = free_port()
+    if variant == "floor-wsgi":
+        app, worker = "wsgi_floor:application", ["--worker-class", "gthread", "--threads", "8"]
+    else:
+        app, worker = "asgi_floor:app", ["--worker-class", "asgi"]
+    command = [
+        sys.executable, "-m", "gunicorn", app, "--bind", f"{HOST}:{port}", "--workers", "2", *worker,
+        "--keep-alive", "75", "--graceful-timeout", "5", "--no-control-socket", "--name", f"bench-{variant}",
+    ]  # fmt: skip
+    env = {**clean_env(), "BENCH_TARGET": upstream.url}
+    process = processes.spawn(variant, command, cwd=BENCH_DIR / "floors", env=env)
+    url = f"http://{HOST}:{port}"
+    wait_until_answering(processes, url + "/health/")
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "gunicorn_h1c" if importlib.util.find_spec("gunicorn_h1c") else "python"
+    asgi = f"asgi worker ({loop}, {parser} parser), httptools"
+    note = "gthread x 8, http.client" if variant == "floor-wsgi" else asgi
+    return Target(variant, url, process.popen.pid, note=note)
+
+
 def redis_reachable(redis_url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -552,7 +583,10 @@ def verdicts(summaries: dict[tuple[str, int], Summary], connections: list[int], 
         if any(summaries[(gateway, c)].errors for c in connections if (gateway, c) in summaries):
             met_all = False
             lines.append("  ERRORS or non-2xx answers during the runs: the figures above are not valid")
-    lines.append("all targets met" if met_all else "some targets NOT met")
+    if not gateways:
+        lines.append("no gateway measured: nothing to hold to the targets")
+    else:
+        lines.append("all targets met" if met_all else "some targets NOT met")
     return lines
 
 
@@ -749,6 +783,8 @@ def main(argv: list[str]) -> int:
             elif name.startswith("express"):
                 ensure_node_modules()
                 targets.append(start_express(processes, name, upstream=upstream))
+            elif name in FLOORS:
+                targets.append(start_floor(processes, name, upstream=upstream))
         print(f"started in {time.monotonic() - started_at:.1f}s; logs in {work}")
         for target in targets:
             print(f"  {target.name:<15}{target.url:<26}{target.note}")
