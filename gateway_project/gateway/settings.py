@@ -146,6 +146,9 @@ BREAKER_REDIS_URL = config("REDIS_URL", default="")
 BREAKER_REDIS_PREFIX = config("BREAKER_REDIS_PREFIX", default="gateway:breaker")
 STALE_MAX_AGE = config("STALE_MAX_AGE", default=600, cast=int)
 STALE_MAX_BYTES = config("STALE_MAX_BYTES", default=256 * 1024, cast=int)
+# New copies per service per STALE_MAX_AGE window, counted in the cache: a client inventing query strings
+# (each a new target) must not fill the cache that also holds the rate limits and breaker states.
+STALE_MAX_COPIES = config("STALE_MAX_COPIES", default=200, cast=int)
 
 # Clients' access tokens: EdDSA JWTs issued by the user service, checked against its published keys.
 JWKS_URL = config("JWKS_URL", default=f"{UPSTREAMS['users'].split(',')[0].strip()}/.well-known/jwks.json")

@@ -8,6 +8,13 @@ when ``REDIS_URL`` is set, so every worker serves the same copies; else per proc
 refreshes a given path at most every ``STALE_MAX_AGE / 60`` seconds (1 s at least), so the catalog's
 normal traffic costs a cache write now and then, not one per request.
 
+The target (path and query) is the copy's key, and a client may invent query strings the service answers
+200 to all the same (an unknown parameter, a bad page size): each would be a new copy of up to
+``STALE_MAX_BYTES`` in the cache that also holds the rate limits and the breakers' state. So at most
+``STALE_MAX_COPIES`` copies are taken per service per ``STALE_MAX_AGE`` window, counted in the cache (one
+count for every worker with Redis): a flood of invented targets then only stops copies being refreshed
+until the window ends, while the copies already taken keep serving.
+
 A stale answer carries ``X-Cache: stale``, ``Age`` (seconds since it was copied) and
 ``Warning: 110 - "Response is Stale"``.
 """
@@ -56,7 +63,23 @@ def wants_copy(service: str, target: str, response: urllib3.BaseHTTPResponse) ->
         if len(_next_copy) > 10_000:  # bounded: forgetting only means an earlier refresh
             _next_copy.clear()
         _next_copy[key] = now + max(1.0, settings.STALE_MAX_AGE / 60)
-    return key
+    return key if _within_budget(service) else None
+
+
+def _within_budget(service: str) -> bool:
+    """Count one more copy of ``service``'s answers in this window; False once STALE_MAX_COPIES were taken
+    (or the cache cannot count: then no copy could be kept either)."""
+    window = int(time.time() // max(1, settings.STALE_MAX_AGE))
+    budget_key = f"stale{_generation}:copies:{service}:{window}"
+    try:
+        cache.add(budget_key, 0, timeout=2 * max(1, settings.STALE_MAX_AGE))
+        taken = cache.incr(budget_key)
+    except Exception as exc:  # ValueError: expired between add and incr; anything else: the cache is down
+        logger.warning("could not count stale copies: %s", exc)
+        return False
+    if taken == settings.STALE_MAX_COPIES + 1:
+        logger.warning("stale copies of %s: %s taken in this window, no more until it ends", service, taken - 1)
+    return taken <= settings.STALE_MAX_COPIES
 
 
 def copying(key: str, response: urllib3.BaseHTTPResponse, chunks: Iterator[bytes]) -> Iterator[bytes]:
