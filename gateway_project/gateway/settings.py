@@ -45,6 +45,7 @@ MIDDLEWARE = [
     "common.request_id.RequestIdMiddleware",
     "proxy.observability.AccessLogMiddleware",  # outermost after the request id: sees every answer
     "proxy.middleware.PathHygieneMiddleware",
+    "proxy.admin_throttle.AdminSignInThrottleMiddleware",  # the login policy for every admin's sign-in form
     "corsheaders.middleware.CorsMiddleware",  # answers preflights itself; CORS_URLS_REGEX limits it to /api/
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

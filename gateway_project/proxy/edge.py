@@ -52,9 +52,10 @@ PROXIED_PREFIX = "/api/"
 SPAN_ROUTE = "^api/"
 _tracer = trace.get_tracer(__name__)  # resolves to the provider common.tracing installs, whenever it does
 
-# settings.MIDDLEWARE minus what never acts on a proxied API path: WhiteNoise (static files only), sessions,
-# CSRF (the proxy view is csrf_exempt), authentication and messages (the proxy never reads request.user,
-# the session or messages, so they would add nothing to the answer). Same order as the full list.
+# settings.MIDDLEWARE minus what never acts on a proxied API path: the admins' sign-in throttle (admin paths
+# only), WhiteNoise (static files only), sessions, CSRF (the proxy view is csrf_exempt), authentication and
+# messages (the proxy never reads request.user, the session or messages, so they would add nothing to the
+# answer). Same order as the full list.
 EDGE_MIDDLEWARE = (
     "proxy.edge.ServerSpanMiddleware",
     "common.request_id.RequestIdMiddleware",
