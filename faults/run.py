@@ -650,15 +650,8 @@ def scenario_4(run: Run, result: Result, rounds: int = 2) -> None:
     kills = 0
     caught_types: Counter[str] = Counter()
     for number in range(1, rounds + 1):
-        # Quiet first: nothing due in the outbox, so the next publishes are this round's order's events.
-        wait_until(lambda: _due_outbox(run) == 0, timeout=20, interval=0.3)
-        since = proxy.acks_held
-        # order.created goes first; hold the confirm of the second publish, the order.confirmed.
-        proxy.hold_next_ack("down", skip=1)
-        attempt = place_order(run.api, run.customers[number % len(run.customers)], run.products[number % 5])
-        if not proxy.wait_for_held_ack(20, since=since):
-            result.note(f"round {number}: no publish caught within 20s (order {attempt.order_id} {attempt.status})")
-            proxy.restore()
+        attempt = _place_with_a_held_confirm(run, result, proxy, number=number)
+        if attempt is None:
             continue
         time.sleep(0.3)  # the message is on the broker; give the tap a moment
         fresh = run.tap.drain()
@@ -715,17 +708,27 @@ def scenario_4(run: Run, result: Result, rounds: int = 2) -> None:
     result.check(all(n == 1 for n in email_rows.values()), "0 duplicate SentEmail rows")
 
 
-def _lost_confirm_round(run: Run, result: Result, proxy: FaultProxy, *, number: int) -> float | None:
-    """A publisher confirm held for good while the relay keeps running: the relay must give the publish up
-    after OUTBOX_CONFIRM_TIMEOUT and send the event again (on a fresh connection), not wait for ever.
-    Returns the seconds from the held confirm until the row was marked sent (None: never)."""
+def _place_with_a_held_confirm(run: Run, result: Result, proxy: FaultProxy, *, number: int) -> OrderAttempt | None:
+    """Place an order with the relay's proxy set to hold the confirm of its second publish (order.created
+    goes first, then order.confirmed); the attempt once that confirm is held, None if none was caught."""
+    # Quiet first: nothing due in the outbox, so the next publishes are this round's order's events.
     wait_until(lambda: _due_outbox(run) == 0, timeout=20, interval=0.3)
     since = proxy.acks_held
     proxy.hold_next_ack("down", skip=1)
     attempt = place_order(run.api, run.customers[number % len(run.customers)], run.products[number % 5])
-    if not proxy.wait_for_held_ack(20, since=since):
-        result.note(f"round {number}: no publish caught within 20s (order {attempt.order_id} {attempt.status})")
-        proxy.restore()
+    if proxy.wait_for_held_ack(20, since=since):
+        return attempt
+    result.note(f"round {number}: no publish caught within 20s (order {attempt.order_id} {attempt.status})")
+    proxy.restore()
+    return None
+
+
+def _lost_confirm_round(run: Run, result: Result, proxy: FaultProxy, *, number: int) -> float | None:
+    """A publisher confirm held for good while the relay keeps running: the relay must give the publish up
+    after OUTBOX_CONFIRM_TIMEOUT and send the event again (on a fresh connection), not wait for ever.
+    Returns the seconds from the held confirm until the row was marked sent (None: never)."""
+    attempt = _place_with_a_held_confirm(run, result, proxy, number=number)
+    if attempt is None:
         return None
     held_at = time.monotonic()
     time.sleep(0.3)  # the message is on the broker; give the tap a moment
