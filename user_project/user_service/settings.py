@@ -149,8 +149,8 @@ JWT_REFRESH_TOKEN_LIFETIME = config("JWT_REFRESH_TOKEN_LIFETIME", default=14 * 2
 # A rotated-in key is published at once but signs only after this delay, so every verifier can learn it
 # first: keep it above the gateway's JWKS_MIN_REFRESH_INTERVAL.
 JWT_KEY_ACTIVATION_DELAY = config("JWT_KEY_ACTIVATION_DELAY", default=15, cast=int)  # seconds
-# Per account: this many failed sign-ins within the window (from the first failure) lock the account's
-# sign-in until the window ends; see users/throttling.py.
+# Per account: this many failed sign-ins within the window (from the first attempt) lock the account's
+# sign-in until the window ends; counted in the database, shared by every process; see users/throttling.py.
 LOGIN_FAILURE_LIMIT = config("LOGIN_FAILURE_LIMIT", default=5, cast=int)
 LOGIN_FAILURE_WINDOW = config("LOGIN_FAILURE_WINDOW", default=300, cast=int)  # seconds
 

@@ -136,3 +136,20 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.kid
+
+
+class LoginAttemptWindow(models.Model):
+    """The sign-in attempts on one account (known or not) in its current window; see ``users.throttling``.
+
+    In the service's own database rather than the cache, so every process of the service counts in one
+    place in either mode (the embedded mode's cache is per process), and an attempt takes its slot with one
+    conditional update, which the database applies to concurrent attempts one at a time.
+    """
+
+    # Hashed: a fixed length whatever was typed, and the table lists no addresses at a glance.
+    account = models.CharField("SHA-256 of the normalised email", max_length=64, unique=True, editable=False)
+    attempts = models.PositiveIntegerField(help_text="Attempts in the window, the refused ones not counted.")
+    window_ends_at = models.DateTimeField(db_index=True)  # indexed for pruning the lapsed ones
+
+    def __str__(self) -> str:
+        return f"{self.attempts} sign-in attempt(s) until {self.window_ends_at:%Y-%m-%d %H:%M:%S}"

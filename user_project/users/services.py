@@ -20,7 +20,7 @@ from common.tokens import sign_token
 from users.errors import EmailTaken, InvalidCredentials, PasswordRejected, RefreshTokenError, TooManyAttempts
 from users.keys import signing_key
 from users.models import RefreshToken, User, normalize_email
-from users.throttling import login_failure_record, login_failures_clear, login_lockout_remaining
+from users.throttling import login_attempt_reserve, login_attempts_clear
 
 logger = logging.getLogger(__name__)
 
@@ -64,24 +64,24 @@ def user_create(*, email: str, name: str, password: str) -> User:
 def auth_token_obtain(*, email: str, password: str) -> IssuedTokens:
     """Exchange an email and password for an access token and a refresh token (the start of a new family).
 
-    Failures are counted per account (see ``users.throttling``): past the limit, every attempt on that
+    Attempts are counted per account (see ``users.throttling``): past the limit, every attempt on that
     account is refused with 429 until the window lapses, the right password included, or guessing would go on.
     """
     email = normalize_email(email)
-    locked_for = login_lockout_remaining(email=email)
+    # The slot is taken before the password is checked, not the failure recorded after: the check is slow
+    # on purpose, and concurrent guesses would all pass a lock test made before any of them was counted.
+    locked_for = login_attempt_reserve(email=email)
     if locked_for is not None:
         raise TooManyAttempts(wait=locked_for)
     user = User.objects.filter(email=email).first()
     if user is None or not user.has_usable_password():
         # Hash anyway, so an unknown address takes as long to refuse as a wrong password.
         User().set_password(password)
-        login_failure_record(email=email)
-        raise InvalidCredentials()
+        raise InvalidCredentials()  # the reserved slot is what counts the failure
     if not user.check_password(password) or not user.is_active:
-        login_failure_record(email=email)
         raise InvalidCredentials()
 
-    login_failures_clear(email=email)
+    login_attempts_clear(email=email)
     now = timezone.now()
     User.objects.filter(pk=user.pk).update(last_login=now)
     return IssuedTokens(
