@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http import wsgi
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # A header name with an underscore is refused (400), not dropped (gunicorn's default) or mapped: WSGI
 # would make "X_User_Id" and "X-User-Id" one key, and a silently dropped header hides an attack.
 header_map = "refuse"
+
+# The gateway faces clients: no peer, loopback included (gunicorn's default trusts 127.0.0.1 and ::1), may
+# set the scheme (X-Forwarded-Proto and the like) or SCRIPT_NAME gunicorn gives the application. Behind
+# proxies of ours the gateway reads X-Forwarded-Proto itself, by TRUSTED_PROXY_COUNT
+# (proxy/client_address.py). The launcher passes the same on its command line; this covers any other run.
+forwarded_allow_ips = ""
 
 # Requests gunicorn's parser refuses (the underscore above, a duplicate Content-Length, Content-Length with
 # Transfer-Encoding, a bad request line, an oversized header line) never reach Django, so gunicorn answers
@@ -54,6 +61,24 @@ def _json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
 
 
 util.write_error = _json_error
+
+# An application's "Connection: close" is dropped by gunicorn with the other hop-by-hop headers, and the
+# connection kept alive (gunicorn 27: Response.process_headers). The gateway says it when it refused a body
+# it has not read (proxy/views.py: 413, a body it cannot frame): kept alive, the worker would read and
+# discard the rest of that body, for as long as the client sends it, before the next request. Honoured
+# here, in the master, so every worker has it: gunicorn then writes "Connection: close" itself and closes
+# the connection after the response (gracefully, so the client still gets the answer).
+_process_headers = wsgi.Response.process_headers
+
+
+def _process_headers_honouring_close(self: wsgi.Response, headers: list[tuple[str, str]]) -> None:
+    _process_headers(self, headers)
+    for name, value in headers:
+        if name.lower() == "connection" and "close" in (token.strip().lower() for token in value.split(",")):
+            self.force_close()
+
+
+wsgi.Response.process_headers = _process_headers_honouring_close  # type: ignore[method-assign]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -122,19 +122,29 @@ class JwksKeySet:
         self.ttl = ttl
         self.min_refresh_interval = min_refresh_interval
         self.timeout = timeout
-        self._keys: dict[str, Ed25519PublicKey] = {}
-        self._fetched_at = 0.0
+        # The keys and when they were fetched (time.monotonic()), replaced together as one tuple: a reader
+        # never pairs one fetch's keys with another fetch's time (see ``lookup``).
+        self._fetched: tuple[dict[str, Ed25519PublicKey], float] = ({}, 0.0)
         self._attempted_at = -min_refresh_interval
         self._lock = threading.Lock()
         self._session = requests.Session()
         self._session.trust_env = False
 
     def __call__(self, kid: str) -> Ed25519PublicKey | None:
+        return self.lookup(kid)[0]
+
+    def lookup(self, kid: str) -> tuple[Ed25519PublicKey | None, float]:
+        """The key for ``kid`` (None: not published), and until when the key set it came from is trusted,
+        on ``time.monotonic()``'s clock: its fetch time plus ``ttl``, after which a withdrawn key is refused.
+        A cache of what the key verified must end then too. The time is in the past when the keys are
+        older than that because the JWKS could not be fetched again (the keys we had are still used)."""
         now = time.monotonic()
-        if kid in self._keys and now - self._fetched_at < self.ttl:
-            return self._keys[kid]
+        keys, fetched_at = self._fetched
+        if kid in keys and now - fetched_at < self.ttl:
+            return keys[kid], fetched_at + self.ttl
         self._refresh(now)
-        return self._keys.get(kid)
+        keys, fetched_at = self._fetched
+        return keys.get(kid), fetched_at + self.ttl
 
     def _refresh(self, now: float) -> None:
         with self._lock:
@@ -144,8 +154,7 @@ class JwksKeySet:
             try:
                 response = self._session.get(self.url, timeout=self.timeout)
                 response.raise_for_status()
-                self._keys = parse_jwks(response.json())
-                self._fetched_at = now
+                self._fetched = (parse_jwks(response.json()), now)
             except (requests.RequestException, ValueError) as exc:
                 logger.warning("Could not refresh JWKS from %s: %s", self.url, exc)
 

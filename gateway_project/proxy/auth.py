@@ -7,6 +7,7 @@ import functools
 import time
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 
 from common.tokens import JwksKeySet, TokenError, verify_token
@@ -14,8 +15,8 @@ from common.tokens import JwksKeySet, TokenError, verify_token
 # Verifying an EdDSA token costs ~160 µs, a quarter of the gateway's own time per request, and a client
 # sends the same token with every request for its whole lifetime. A token verified recently is taken on
 # its exact text (any changed byte misses) for a short while: long enough to save nearly all of that work,
-# short enough that a key withdrawn from the JWKS stops working as soon as without the cache: never longer
-# than JWKS_CACHE_TTL (see ``bearer_claims``).
+# short enough that a key withdrawn from the JWKS stops working exactly as soon as without the cache: an
+# entry ends when the key set that verified it stops being trusted (see ``bearer_claims``).
 VERIFIED_TOKEN_TTL = 60.0  # seconds
 VERIFIED_TOKEN_CACHE_SIZE = 4096
 
@@ -70,13 +71,28 @@ def bearer_claims(authorization: str) -> dict[str, Any]:
         raise TokenError("Use an access token: 'Authorization: Bearer <token>'.", code="invalid_token")
     claims = verified_tokens.get(token)
     if claims is None:
+        keys = key_set()
+        trusted_until = 0.0
+
+        def key_for_kid(kid: str) -> Ed25519PublicKey | None:
+            nonlocal trusted_until
+            key, trusted_until = keys.lookup(kid)
+            return key
+
         claims = verify_token(
             token,
-            key_for_kid=key_set(),
+            key_for_kid=key_for_kid,
             issuer=settings.JWT_ISSUER,
             audience=settings.JWT_AUDIENCE,
             token_type="access",  # noqa: S106 (a token type, not a password)
         )
-        # No longer than the keys are cached, so a retired key's tokens go when the key does.
-        verified_tokens.put(token, claims, ttl=settings.JWKS_CACHE_TTL)
+        # Cached until the key set that verified the token lapses, not for a TTL from now: those keys may
+        # have been fetched almost a TTL ago, and a key retired since must be refused when they lapse, as
+        # it would be without the cache (README: at most JWKS_CACHE_TTL after its retirement). Clearing the
+        # cache when a refresh drops a kid would not do: a token found here never asks the key set, so
+        # nothing would refresh it. Keys kept past their TTL because the JWKS is unreachable give no
+        # time left: their tokens are verified on every request until a fetch succeeds.
+        remaining = trusted_until - time.monotonic()
+        if remaining > 0:
+            verified_tokens.put(token, claims, ttl=remaining)
     return claims

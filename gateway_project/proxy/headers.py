@@ -67,7 +67,8 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | _CORS_RESPONSE_HEADERS | {"server", "da
 
 
 def forwarded_request_headers(environ: Mapping[str, Any], *, own_cookies: Iterable[str]) -> dict[str, str]:
-    """The client's headers that may go on to a service (the caller adds the gateway's own)."""
+    """The client's headers that may go on to a service (the caller adds the gateway's own, the body's
+    Content-Length included: the gateway frames the body it forwards, whatever the client sent)."""
     connection = environ.get("HTTP_CONNECTION")
     named = {_environ_key(token) for token in connection.split(",")} if connection else set()
     headers: dict[str, str] = {}
@@ -80,8 +81,10 @@ def forwarded_request_headers(environ: Mapping[str, Any], *, own_cookies: Iterab
         ):
             continue
         headers[key[5:].replace("_", "-").title()] = value
+    # WSGI keeps Content-Type out of the HTTP_ keys; named in Connection it is hop-by-hop all the same
+    # (RFC 9110 7.6.1), so it stays on the client's connection like any other header named there.
     content_type = environ.get("CONTENT_TYPE")
-    if content_type:
+    if content_type and "HTTP_CONTENT_TYPE" not in named:
         headers["Content-Type"] = content_type
     cookie = headers.get("Cookie")
     if cookie:

@@ -120,17 +120,19 @@ def consume(request: HttpRequest, route: Route, *, user_id: int | None) -> Quota
 
 
 def store_health() -> dict[str, Any]:
-    """For /health: which store counts the limits and whether it answers (checked now)."""
+    """For /health: which store counts the limits, whether it answers (checked now), and, while requests
+    are leaving it alone after a failure, for how much longer."""
     backend = "redis" if settings.RATE_LIMIT_REDIS_URL else "sqlite"
-    if _stores.check():
-        return {"status": "ok", "backend": backend}
-    return {
-        "status": "down",
-        "backend": backend,
-        # what the policies do meanwhile (proxy/routes.py)
-        "fail_open": "per-process limits",
-        "fail_closed": "503 rate_limit_unavailable",
-    }
+    healthy = _stores.check()
+    fallback_for = _stores.fallback_for()
+    report: dict[str, Any] = {"status": "ok" if healthy else "down", "backend": backend}
+    if fallback_for is not None:
+        report["fallback_for_seconds"] = fallback_for
+    if not healthy or fallback_for is not None:
+        # what the policies do without the store (proxy/routes.py)
+        report["fail_open"] = "per-process limits"
+        report["fail_closed"] = "503 rate_limit_unavailable"
+    return report
 
 
 @lru_cache(maxsize=32)
@@ -185,16 +187,25 @@ class _Stores:
         return max(1, math.ceil(self._down_until - time.monotonic()))
 
     def check(self) -> bool:
+        """Whether the shared store answers now, for /health: a report, which leaves the requests' failure
+        state alone both ways. A failed probe must not switch fail-closed routes (sign-in) to 503 for
+        RATE_LIMIT_STORE_RETRY_AFTER: one slow ping from a public endpoint would take sign-in down in this
+        worker (and with Redis the probe, limits' PING, does not even go over the connections the requests
+        count on). A successful one must not end the requests' back-off either: /health, which anyone may
+        call, would then set how often requests try a flapping store (every second, not every
+        RETRY_AFTER), each try a store timeout for a request. The requests probe the store themselves, one
+        request after each back-off (``shared_incr``)."""
         try:
-            healthy = bool(self.shared().check())
-        except StorageError as exc:
-            healthy = False
-            self._mark_down(exc)
-        if healthy:
-            self._down_until = 0.0
-        elif not self._down_until:
-            self._mark_down(None)
-        return healthy
+            return bool(self.shared().check())
+        except StorageError:
+            return False
+
+    def fallback_for(self) -> int | None:
+        """Seconds until requests try the shared store again after a failure; None while they use it."""
+        down_until = self._down_until
+        if not down_until or time.monotonic() >= down_until:
+            return None
+        return max(1, math.ceil(down_until - time.monotonic()))
 
     def _mark_down(self, exc: Exception | None) -> None:
         if not self._down_until or time.monotonic() >= self._down_until:
@@ -224,8 +235,11 @@ def _create_shared_store() -> Storage:
         key_prefix=settings.RATE_LIMIT_KEY_PREFIX,
         # Waiting for the file lock only happens while other workers write (microseconds each), unless a
         # loaded machine deschedules one of them holding it: wait longer than for a network store rather
-        # than fall back to per-process counts.
-        timeout=max(timeout, 1.0),
+        # than fall back to per-process counts. A local file is never "down" the way a server is, and a
+        # wait taken for an outage would hand this worker's clients fresh per-process quotas for
+        # RATE_LIMIT_STORE_RETRY_AFTER seconds: seen with a 1 s wait on a saturated 2-core machine (one
+        # request past a burst's limit).
+        timeout=max(timeout, 5.0),
         wrap_exceptions=True,
     )
 

@@ -2,11 +2,11 @@
 
 Retries help with one bad instance or one broken connection and hurt during an outage, when every
 client's retries multiply the load on a service that is already failing. So a retry must be safe (an
-idempotent method, or a request carrying ``Idempotency-Key``: never a plain POST or PATCH), fit in the
-request's deadline, and fit in the service's retry budget: over the last ``RETRY_BUDGET_WINDOW``
-seconds, retries may be at most ``RETRY_BUDGET_RATIO`` of the requests (plus ``RETRY_BUDGET_MIN``, so
-a quiet service still gets its rare retry), the scheme of Finagle's and Envoy's retry budgets. The budget
-is per worker process: exact sharing is not needed for a ratio, and it costs no round trip.
+idempotent method, or a POST carrying ``Idempotency-Key`` on a route whose service stores the keys: never a
+plain POST or PATCH), fit in the request's deadline, and fit in the service's retry budget: over the last
+``RETRY_BUDGET_WINDOW`` seconds, retries may be at most ``RETRY_BUDGET_RATIO`` of the requests (plus
+``RETRY_BUDGET_MIN``, so a quiet service still gets its rare retry), the scheme of Finagle's and Envoy's
+retry budgets. The budget is per worker process: exact sharing is not needed for a ratio, and it costs no round trip.
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ BACKOFF_CAP = 0.5
 _BUCKETS = 10
 
 
-def retryable(method: str, headers: dict[str, str]) -> bool:
-    return method in IDEMPOTENT_METHODS or "Idempotency-Key" in headers
+def retryable(method: str, headers: dict[str, str], *, honours_idempotency_key: bool) -> bool:
+    """Whether sending the request twice does no more than sending it once. An ``Idempotency-Key`` makes a
+    POST so only where the service keeps the keys (``UpstreamPolicy.honours_idempotency_key``): anywhere
+    else a repeated POST is a second request (a spent refresh token presented again revokes the user's
+    sign-in; a failed sign-in is counted twice)."""
+    if method in IDEMPOTENT_METHODS:
+        return True
+    return method == "POST" and honours_idempotency_key and "Idempotency-Key" in headers
 
 
 def backoff(retry: int) -> float:

@@ -29,7 +29,10 @@ class UpstreamPolicy:
     """How the gateway calls the service for a route (see proxy/upstream.py). Timeouts are in seconds;
     None takes the config center's ``upstream.connect_timeout`` / ``upstream.read_timeout`` if set, else the
     UPSTREAM_* settings. ``retries``: extra attempts for an idempotent request (GET, HEAD, OPTIONS, PUT,
-    DELETE, or any carrying Idempotency-Key), within the deadline and the service's retry budget.
+    DELETE, or a POST carrying Idempotency-Key where ``honours_idempotency_key``), within the deadline and
+    the service's retry budget. ``honours_idempotency_key``: the service stores ``Idempotency-Key``s for
+    POSTs on this route (common/idempotency.py), so a repeated POST replays the first answer instead of
+    doing the work twice; elsewhere the header means nothing to the service and the POST is never retried.
     ``stale_fallback``: while the service is down or its breaker open, answer a GET with a recent copy of
     an earlier anonymous 200 marked ``X-Cache: stale`` instead of the 503 (unless the config center's
     ``feature.stale_fallback`` is false)."""
@@ -38,10 +41,15 @@ class UpstreamPolicy:
     read_timeout: float | None = None
     deadline: float | None = None
     retries: int = 2
+    honours_idempotency_key: bool = False
     stale_fallback: bool = False
 
 
 DEFAULT_UPSTREAM = UpstreamPolicy()
+# Placing an order stores its Idempotency-Key (README, Idempotency keys). The route also carries the
+# order's cancel (POST .../cancel), which ignores the key but is idempotent itself: cancelling a cancelled
+# order changes nothing (orders/services.py order_cancel).
+ORDERS_UPSTREAM = UpstreamPolicy(honours_idempotency_key=True)
 # The catalog is read by everyone and changes slowly: give up sooner, and show a recent copy when down.
 CATALOG_UPSTREAM = UpstreamPolicy(connect_timeout=1.0, deadline=8.0, stale_fallback=True)
 
@@ -151,7 +159,7 @@ API_ROUTES = (
         deprecation=Deprecation(deprecated=date(2026, 11, 27), sunset=date(2027, 6, 30), successor="/api/v2/products/"),
     ),
     Route("/api/v2/products/", "orders", READ_METHODS, "optional", "api", upstream=CATALOG_UPSTREAM),
-    Route("/api/v1/orders/", "orders", ALL_METHODS, "required", "api"),
+    Route("/api/v1/orders/", "orders", ALL_METHODS, "required", "api", upstream=ORDERS_UPSTREAM),
     # Payments are made by the order service; clients can only look at theirs.
     Route("/api/v1/payments/", "payments", READ_METHODS, "required", "api"),
 )

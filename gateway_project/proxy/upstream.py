@@ -145,7 +145,8 @@ def _send(
     breaker = breakers.breaker(service)
     budget = retries.budget(service)
     budget.record_request()
-    allowed_retries = policy.retries if retries.retryable(method, headers) else 0
+    safe = retries.retryable(method, headers, honours_idempotency_key=policy.honours_idempotency_key)
+    allowed_retries = policy.retries if safe else 0
     retried = 0
     tried: list[balancer.Instance] = []
     while True:

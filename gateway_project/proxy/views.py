@@ -13,11 +13,14 @@ pages and static files of the services through Django's full handler and ``gatew
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import urllib3
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import BadHeaderError, HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -25,13 +28,14 @@ from django.views.decorators.csrf import csrf_exempt
 from common.errors import ApplicationError, UpstreamError, error_response
 from common.internal_auth import HEADER as ASSERTION_HEADER
 from common.internal_auth import mint_assertion
+from common.metrics import metrics_allowed
 from common.outbox import outbox_stats
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
 from common.tokens import TokenError
 from proxy import hygiene, ratelimit, upstream
 from proxy.auth import bearer_claims
-from proxy.client_address import client_address
+from proxy.client_address import client_address, forwarded_proto
 from proxy.headers import forwarded_request_headers, returned_response_headers
 from proxy.paths import raw_target
 from proxy.routes import Route, match_route
@@ -57,15 +61,30 @@ class NotAuthenticated(ApplicationError):
     message = "Authentication credentials were not provided."
 
 
+# A body refused before it was read to its end (or one whose end cannot be known) is still arriving on the
+# client's connection: kept alive, the server would read and discard all of it before the next request on
+# it (or, for a body it cannot frame, take part of it for that request). So these answers close it
+# (``closes_connection``), as nginx does for its 413. gunicorn.conf.py makes gunicorn honour the header,
+# which it drops otherwise (PEP 3333 leaves hop-by-hop headers to the server).
 class PayloadTooLarge(ApplicationError):
     status_code = 413
     code = "payload_too_large"
     message = "The request body is too large."
+    closes_connection = True
 
 
 class BadRequest(ApplicationError):
+    """The body's framing is wrong or it could not be read: never read to its end."""
+
     status_code = 400
     code = "bad_request"
+    closes_connection = True
+
+
+class InvalidHost(ApplicationError):
+    status_code = 400
+    code = "invalid_host"
+    message = "The Host header names no host this gateway serves."
 
 
 class ProxiedResponse(StreamingHttpResponse):
@@ -96,7 +115,8 @@ def proxy_view(request: HttpRequest) -> HttpResponseBase:
         quota = ratelimit.consume(request, route, user_id=user_id)  # after authentication: keyed by user
         if quota is not None:
             quota.enforce()  # 429, or 503 when a fail-closed route cannot count
-        response = _forward(request, route, target, user_id=user_id, is_staff=is_staff)
+        host = _allowed_host(request)
+        response = _forward(request, route, target, host=host, user_id=user_id, is_staff=is_staff)
     except ApplicationError as exc:
         if quota is None and route is not None:
             # Refused before it was counted (bad token, wrong method): it still counts, by address.
@@ -104,6 +124,8 @@ def proxy_view(request: HttpRequest) -> HttpResponseBase:
         response = error_response(exc.status_code, exc.code, exc.message, exc.details)
         for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
             response[name] = value
+        if getattr(exc, "closes_connection", False) and _server_honours_close(request.META):
+            response["Connection"] = "close"
         if isinstance(exc, MethodNotAllowed):
             response["Allow"] = ", ".join(sorted(exc.details["allowed"]))
         elif exc.status_code == 401:
@@ -129,6 +151,25 @@ def _authenticate(request: HttpRequest, route: Route) -> tuple[int | None, bool]
     if route.auth == "required":
         raise NotAuthenticated()
     return None, False
+
+
+def _server_honours_close(environ: dict[str, Any]) -> bool:
+    """Whether the server is gunicorn, which gunicorn.conf.py teaches to close the connection on the
+    application's ``Connection: close``. PEP 3333 leaves hop-by-hop headers to the server, and others
+    refuse them (wsgiref, under ``runserver``, turns the answer into a 500) or drop them: no such header
+    goes to a server not known to honour it."""
+    return str(environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn/")
+
+
+def _allowed_host(request: HttpRequest) -> str:
+    """The Host (or X-Forwarded-Host, with USE_X_FORWARDED_HOST) the services are told about, if it is in
+    ALLOWED_HOSTS. Checked here rather than left to Django, whose DisallowedHost would become a bare 400
+    after the request was counted: without the RateLimit headers every answer of a limited route carries,
+    and with an access-log line missing its route and user."""
+    try:
+        return request.get_host()
+    except DisallowedHost as exc:
+        raise InvalidHost() from exc
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
@@ -167,7 +208,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
 
 
 def _forward(
-    request: HttpRequest, route: Route, target: str, *, user_id: int | None, is_staff: bool
+    request: HttpRequest, route: Route, target: str, *, host: str, user_id: int | None, is_staff: bool
 ) -> HttpResponseBase:
     environ = request.META
     body = _read_body(environ, hygiene.body_limit(route))
@@ -175,8 +216,8 @@ def _forward(
     headers = forwarded_request_headers(environ, own_cookies=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME))
     headers[REQUEST_ID_HEADER] = request_id
     headers["X-Forwarded-For"] = client_address(environ)
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Forwarded-Host"] = request.get_host()
+    headers["X-Forwarded-Proto"] = forwarded_proto(environ)
+    headers["X-Forwarded-Host"] = host
     headers[ASSERTION_HEADER] = mint_assertion(
         issuer=settings.SERVICE_NAME,
         audience=route.service,
@@ -220,10 +261,65 @@ def _forward(
     return response
 
 
+# /health is public (load balancers and uptime checks call it) and unthrottled, and the full document costs
+# a database query, a probe of the rate-limit store and a call to every service. So a worker computes it at
+# most once per HEALTH_DOCUMENT_MAX_AGE and answers every /health meanwhile from that copy: a flood costs
+# no more than one caller. A second is short next to anything that polls /health, and next to how fast an
+# operator reacts to what it shows.
+HEALTH_DOCUMENT_MAX_AGE = 1.0  # seconds
+
+
+class HealthDocument:
+    """This worker's latest full health document and its status code."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._latest: tuple[float, dict[str, Any], int] | None = None  # (computed at, body, status)
+
+    def get(self) -> tuple[dict[str, Any], int]:
+        latest = self._latest
+        if latest is not None:
+            if time.monotonic() - latest[0] < self.max_age:
+                return latest[1], latest[2]
+            # Another thread is computing the next one (which may take HEALTH_CHECK_TIMEOUT): this one
+            # answers with the last, rather than holding a worker thread or calling the services again.
+            if not self._lock.acquire(blocking=False):
+                return latest[1], latest[2]
+        else:
+            self._lock.acquire()  # the worker's first: nothing to answer with but the one being computed
+        try:
+            latest = self._latest
+            if latest is None or time.monotonic() - latest[0] >= self.max_age:
+                body, status = _health_document()
+                latest = self._latest = (time.monotonic(), body, status)
+            return latest[1], latest[2]
+        finally:
+            self._lock.release()
+
+    def clear(self) -> None:
+        self._latest = None
+
+
+health_document = HealthDocument(max_age=HEALTH_DOCUMENT_MAX_AGE)
+
+
 def health_view(request: HttpRequest) -> JsonResponse:
-    """The gateway's database and every service's own /health/, checked in parallel."""
+    """The gateway's database and every service's own /health/, checked in parallel. In full for the peers
+    that may read /metrics (the same guard: internal networks, judged by the socket, never a relayed
+    request); anyone else gets the status alone, with the same status code. The full document names
+    internal instance URLs, each service's checks and backlogs: a map for an attacker, and no use to a
+    load balancer, which only needs the code."""
     if request.method not in ("GET", "HEAD"):
         return error_response(405, "method_not_allowed", "This method is not allowed on this path.")
+    body, status = health_document.get()
+    response = JsonResponse(body if metrics_allowed(request) else {"status": body["status"]}, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _health_document() -> tuple[dict[str, Any], int]:
+    """The full document and its status code, checked now."""
     upstreams = {name: upstream.health_target(name) for name in settings.UPSTREAMS}  # one instance each
     request_id = get_request_id()  # the executor's threads do not see this request's context
     with ThreadPoolExecutor(max_workers=len(upstreams), thread_name_prefix="health") as executor:
@@ -242,9 +338,7 @@ def health_view(request: HttpRequest) -> JsonResponse:
     body["upstreams"] = upstream.upstreams_status()  # breakers and instances, as this worker sees them
     if down:
         body["down"] = down
-    response = JsonResponse(body, status=503 if down else 200)
-    response["Cache-Control"] = "no-store"
-    return response
+    return body, 503 if down else 200
 
 
 def live_view(request: HttpRequest) -> JsonResponse:

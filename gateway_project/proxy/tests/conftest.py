@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.tokens import public_jwk, sign_token
-from proxy import auth, balancer, breakers, connections, fallback, retries, upstream
+from proxy import auth, balancer, breakers, connections, fallback, retries, upstream, views
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
 from proxy.tests.utils import access_claims
 
@@ -42,6 +42,7 @@ def _reset_clients() -> None:
         upstream.pool_manager().clear()
     upstream.pool_manager.cache_clear()
     connections.close_all()
+    views.health_document.clear()  # each test's first /health is checked afresh
 
 
 @pytest.fixture(autouse=True)

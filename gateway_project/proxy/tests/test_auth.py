@@ -230,3 +230,27 @@ def test_a_key_the_user_service_stopped_publishing_is_refused_once_the_cache_lap
     assert still.status_code == 200
     assert after.status_code == 401
     assert json_of(after)["error"]["code"] == "unknown_key"
+
+
+def test_a_token_cached_late_in_the_key_sets_life_is_refused_once_that_key_set_lapses(
+    client: Client, users: StubUpstream, signing_key: Ed25519PrivateKey, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given keys fetched at t=0 with a 0.6 s TTL, and a token first verified (so cached) at t≈0.4
+    settings.JWKS_CACHE_TTL = 0.6
+    settings.JWKS_MIN_REFRESH_INTERVAL = 0.05
+    key_set.cache_clear()
+    first = {"Authorization": f"Bearer {sign_token(access_claims(sub='1'), signing_key)}"}
+    late = {"Authorization": f"Bearer {sign_token(access_claims(sub='2'), signing_key)}"}
+    assert client.get("/api/v1/orders/", headers=first).status_code == 200
+    time.sleep(0.4)
+    assert client.get("/api/v1/orders/", headers=late).status_code == 200
+
+    # when the key is retired just after, and the key set fetched at t=0 has lapsed (t≈0.7)
+    monkeypatch.setattr(users, "jwks", {"keys": [public_jwk(Ed25519PrivateKey.generate().public_key())]})
+    time.sleep(0.3)
+    response = client.get("/api/v1/orders/", headers=late)
+
+    # then the late token goes with its key set, not a full TTL after it was verified (t≈1.0)
+    assert response.status_code == 401
+    assert json_of(response)["error"]["code"] == "unknown_key"
+    assert users.jwks_fetches == 2

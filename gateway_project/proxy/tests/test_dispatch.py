@@ -3,9 +3,12 @@ Django's full handler, and both give the same answer to an API request."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.handlers import SimpleHandler
 
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
@@ -47,20 +50,26 @@ def call(app: Callable[..., Any], method: str, path: str, **headers: str) -> tup
     def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         started.append((int(status.split()[0]), dict(response_headers)))
 
-    # As Django's test client does: the handlers' signals must not close the test's database connection.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
+    with database_connection_kept():
         body: Iterable[bytes] = app(environ, start_response)
         try:
             content = b"".join(body)
         finally:
             getattr(body, "close", lambda: None)()
+    status, response_headers = started[0]
+    return status, response_headers, content
+
+
+@contextlib.contextmanager
+def database_connection_kept() -> Iterator[None]:
+    """As Django's test client does: the handlers' signals must not close the test's database connection."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
-    status, response_headers = started[0]
-    return status, response_headers, content
 
 
 @pytest.fixture
@@ -186,15 +195,16 @@ def test_an_unexpected_exception_on_the_lean_path_is_a_json_500_with_the_request
     assert orders.received == []
 
 
-def test_a_disallowed_host_on_the_lean_path_is_a_json_400(
+def test_a_disallowed_host_on_the_lean_path_is_a_json_400_with_the_rate_limit_headers(
     apps: tuple[Callable[..., Any], Recorded, Recorded], orders: StubUpstream, bearer: dict[str, str]
 ) -> None:
     application, _, _ = apps
 
-    status, _, body = call(application, "GET", "/api/v1/orders/", **{**bearer, "Host": "evil.example"})
+    status, headers, body = call(application, "GET", "/api/v1/orders/", **{**bearer, "Host": "evil.example"})
 
     assert status == 400
-    assert json.loads(body)["error"]["code"] == "bad_request"
+    assert json.loads(body)["error"]["code"] == "invalid_host"
+    assert headers["RateLimit"].startswith('"default";')
     assert orders.received == []
 
 
@@ -252,3 +262,25 @@ def test_an_unexpected_exception_is_recorded_on_the_lean_paths_server_span(
     assert server_span.status.status_code is StatusCode.ERROR
     assert server_span.status.description == "RuntimeError: a bug"
     assert [event.attributes["exception.type"] for event in server_span.events] == ["RuntimeError"]
+
+
+def test_under_a_server_other_than_gunicorn_a_refused_body_is_answered_without_a_hop_by_hop_header(
+    bearer: dict[str, str], settings: Any
+) -> None:
+    # given the lean handler run by wsgiref, as runserver runs it (wsgiref asserts that an application sets
+    # no hop-by-hop header, which would make the answer a 500), and a body declared over the limit
+    settings.MAX_REQUEST_BODY_BYTES = 100
+    environ = RequestFactory().generic("POST", "/api/v1/orders/", headers=bearer).environ
+    environ.update(CONTENT_LENGTH="101", CONTENT_TYPE="application/json", SERVER_SOFTWARE="WSGIServer/0.2")
+    output = io.BytesIO()
+    errors = io.StringIO()
+    server = SimpleHandler(io.BytesIO(), output, errors, environ)
+
+    # when
+    with database_connection_kept():
+        server.run(edge.ProxyHandler())
+
+    # then
+    status_line, _, rest = output.getvalue().partition(b"\r\n")
+    assert status_line.split()[1] == b"413", errors.getvalue()
+    assert b"Connection" not in rest.partition(b"\r\n\r\n")[0]

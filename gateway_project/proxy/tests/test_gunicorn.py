@@ -18,6 +18,7 @@ import pytest
 from django.conf import settings
 
 from common.internal_auth import verify_assertion
+from proxy.tests.gateway_process import GatewayProcess, gateway_process
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -274,3 +275,119 @@ def test_each_proxied_request_is_logged_once_without_the_token(
     )
     assert token not in gateway.log()
     assert "secret=1" not in lines[0]
+
+
+def test_a_413_closes_the_connection_without_waiting_for_the_rest_of_the_body(
+    gateway: Gateway, stubs: dict[str, StubUpstream], make_token: Callable[..., str]
+) -> None:
+    # given a kept-alive connection on which a client announces 10 MB and sends none of it
+    head = (
+        f"POST /api/v1/orders/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+        f"Authorization: Bearer {make_token()}\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head.encode())
+
+        # when the gateway refuses the body unread
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        body = response.read()
+        started = time.monotonic()
+        after = sock.recv(1)  # b"": the server closed its side; a kept-alive one would wait for the body
+
+    # then the answer says the connection closes, and it is closed at once rather than drained
+    assert response.status == 413, body
+    assert response.headers["Connection"] == "close"
+    assert after == b""
+    assert time.monotonic() - started < 2
+    assert received_by_any(stubs) == []
+
+
+def test_a_client_x_forwarded_proto_from_loopback_is_not_believed(gateway: Gateway, orders: StubUpstream) -> None:
+    # gunicorn trusts loopback peers' scheme headers unless told not to (gunicorn.conf.py forwarded_allow_ips);
+    # this gateway is started without the launcher's --forwarded-allow-ips, and trusts no proxy of its own
+    status, _, body = gateway.request("GET", "/api/v1/products/", headers={"X-Forwarded-Proto": "https"})
+
+    assert status == 200, body
+    assert orders.received[0].headers.get_all("X-Forwarded-Proto") == ["http"]
+
+
+def test_a_host_the_gateway_does_not_serve_is_400_in_the_envelope_with_the_rate_limit_headers(
+    gateway: Gateway, stubs: dict[str, StubUpstream]
+) -> None:
+    raw = b"GET /api/v1/products/ HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock, method="GET")
+        response.begin()
+        body = response.read()
+
+    assert response.status == 400
+    assert json.loads(body)["error"]["code"] == "invalid_host"
+    assert response.headers["RateLimit"].startswith('"default";')
+    assert received_by_any(stubs) == []
+
+
+def test_a_header_named_in_connection_never_reaches_the_service_identity_headers_included(
+    gateway: Gateway, orders: StubUpstream
+) -> None:
+    # the literal attack: an identity header declared hop-by-hop, in the hope a filter skips what it names
+    status, _, body = gateway.request("GET", "/api/v1/products/", headers={"Connection": "X-User-Id", "X-User-Id": "1"})
+
+    assert status == 200, body
+    received = orders.received[0].headers
+    assert "X-User-Id" not in received
+    assert "1" not in (received.get("Connection") or "")
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(
+    stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway waiting 0.3 s for an answer, whose breakers and retry budget never get in the way."""
+    with gateway_process(
+        tmp_path_factory.mktemp("impatient-gateway"),
+        {name: stub.url for name, stub in stubs.items()},
+        UPSTREAM_READ_TIMEOUT="0.3",
+        UPSTREAM_CHECK_INTERVAL="0",
+        BREAKER_FAILURES="1000",
+        RETRY_BUDGET_MIN="1000",
+    ) as process:
+        yield process
+
+
+@pytest.mark.parametrize("failure", ["503", "read timeout"])
+@pytest.mark.parametrize(
+    ("path", "idempotency_key", "attempts"),
+    [
+        ("/api/v1/orders/", None, 1),
+        ("/api/v1/auth/refresh", "refresh-1", 1),  # the user service ignores the key: a replay spends a token
+        ("/api/v1/orders/", "order-1", 3),  # the order service replays the first answer: retried
+    ],
+    ids=["plain", "key-ignored", "key-honoured"],
+)
+def test_a_post_a_service_fails_reaches_it_once_unless_it_honours_idempotency_keys(
+    impatient_gateway: GatewayProcess,
+    stubs: dict[str, StubUpstream],
+    make_token: Callable[..., str],
+    failure: str,
+    path: str,
+    idempotency_key: str | None,
+    attempts: int,
+) -> None:
+    # given a service failing the POST, with a 503 or by answering after the gateway gave up waiting
+    service = stubs["orders" if path.startswith("/api/v1/orders/") else "users"]
+    if failure == "503":
+        service.reply(path, status=503)
+    else:
+        service.reply(path, delay=1.0)
+    headers = {"Authorization": f"Bearer {make_token()}", "Content-Type": "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+
+    # when
+    status, _, body = impatient_gateway.request("POST", path, headers=headers, body=b"{}")
+
+    # then
+    assert status == (503 if failure == "503" else 504), body
+    assert [request.target for request in service.received] == [path] * attempts

@@ -240,6 +240,41 @@ def test_headers_a_client_could_forge_are_replaced_by_the_gateway(
     assert received.get_all("X-Forwarded-Proto") == ["http"]
 
 
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        ("https", "https"),
+        ("http", "http"),
+        ("HTTPS", "https"),
+        ("http, https", "https"),  # the right-most value is the one our proxy set
+        ("https, http", "http"),
+        ("https, ftp", "http"),  # not a value a proxy of ours writes: the socket's scheme
+        ("javascript", "http"),
+        ("", "http"),
+    ],
+)
+def test_behind_a_trusted_proxy_the_scheme_it_forwarded_is_passed_on(
+    client: Client, orders: StubUpstream, settings: Any, sent: str, forwarded: str
+) -> None:
+    settings.TRUSTED_PROXY_COUNT = 1
+
+    client.get("/api/v1/products/", headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": sent})
+
+    assert only_request(orders).headers.get_all("X-Forwarded-Proto") == [forwarded]
+
+
+@pytest.mark.parametrize(("trusted", "forwarded_for"), [(0, "203.0.113.7"), (2, "203.0.113.7")])
+def test_a_scheme_that_did_not_come_through_every_trusted_proxy_is_not_believed(
+    client: Client, orders: StubUpstream, settings: Any, trusted: int, forwarded_for: str
+) -> None:
+    # no proxy trusted; or two, but the request carries one hop only: it did not pass through both
+    settings.TRUSTED_PROXY_COUNT = trusted
+
+    client.get("/api/v1/products/", headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"})
+
+    assert only_request(orders).headers.get_all("X-Forwarded-Proto") == ["http"]
+
+
 def test_hop_by_hop_headers_and_those_named_in_connection_are_not_forwarded(
     client: Client, orders: StubUpstream
 ) -> None:
@@ -265,6 +300,23 @@ def test_hop_by_hop_headers_and_those_named_in_connection_are_not_forwarded(
     assert received.get("Connection", "keep-alive") == "keep-alive"  # the gateway's own connection
     assert received["Accept-Language"] == "fr"
     assert received["X-Client-Version"] == "3.1"
+
+
+@pytest.mark.parametrize("named", ["Content-Type", "content-type, Content-Length"])
+def test_content_type_named_in_connection_is_not_forwarded_and_the_body_keeps_the_gateways_framing(
+    client: Client, users: StubUpstream, named: str
+) -> None:
+    # when a client names Content-Type (and Content-Length) as hop-by-hop (RFC 9110 7.6.1)
+    response = client.post(
+        "/api/v1/users/", b'{"a": 1}', content_type="application/json", headers={"Connection": named}
+    )
+
+    # then Content-Type stays on the client's connection, and the body goes with the length the gateway read
+    assert response.status_code == 200
+    received = only_request(users)
+    assert "Content-Type" not in received.headers
+    assert received.headers["Content-Length"] == "8"
+    assert received.body == b'{"a": 1}'
 
 
 def test_the_gateway_admin_cookies_are_not_forwarded(client: Client, users: StubUpstream) -> None:
@@ -364,6 +416,32 @@ def test_gateway_errors_carry_the_request_id(client: Client) -> None:
     assert response["X-Request-ID"] == "client-id-0002"
 
 
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1:8000:1", "bad host"])
+def test_a_host_the_gateway_does_not_serve_is_a_400_in_the_envelope_logged_with_its_route(
+    client: Client, stubs: dict[str, StubUpstream], bearer: dict[str, str], caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    # given (the access logger does not propagate to the root logger)
+    access = logging.getLogger("gateway.access")
+    access.addHandler(caplog.handler)
+
+    # when
+    try:
+        response = client.get("/api/v1/orders/", headers={**bearer, "Host": host})
+    finally:
+        access.removeHandler(caplog.handler)
+
+    # then
+    assert response.status_code == 400
+    assert json_of(response)["error"]["code"] == "invalid_host"
+    assert response["RateLimit"].startswith('"default";')
+    assert nothing_forwarded(stubs)
+    entries = [json.loads(JsonFormatter(service="gateway").format(r)) for r in caplog.records]
+    assert [(e["route"], e["status"], e["error"], e["user_id"]) for e in entries] == [
+        ("/api/v1/orders/", 400, "invalid_host", 7)
+    ]
+    assert host not in caplog.text
+
+
 # Request bodies
 
 
@@ -412,6 +490,38 @@ def test_content_length_with_transfer_encoding_is_refused(
     assert response.status_code == 400
     assert json_of(response)["error"]["code"] == "bad_request"
     assert nothing_forwarded(stubs)
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        pytest.param({"data": b"x" * 101}, id="over the limit"),
+        pytest.param({"data": b"{}", "headers": {"Transfer-Encoding": "chunked"}}, id="two framings"),
+        pytest.param({"data": b"{}", "CONTENT_LENGTH": "2x"}, id="a bad length"),
+    ],
+)
+def test_a_body_refused_unread_closes_the_clients_connection(
+    client: Client, bearer: dict[str, str], settings: Any, request_kwargs: dict[str, Any]
+) -> None:
+    # A kept-alive connection would make the server read and discard what is left of the body (or find the
+    # next request where a body it cannot frame ends) before the client's next request.
+    settings.MAX_REQUEST_BODY_BYTES = 100
+    headers = {**bearer, **request_kwargs.pop("headers", {})}
+
+    # As gunicorn names itself (test_gunicorn.py shows the connection really closed by a gunicorn process).
+    request_kwargs["SERVER_SOFTWARE"] = "gunicorn/27.0.1"
+
+    response = client.post("/api/v1/orders/", content_type="application/json", headers=headers, **request_kwargs)
+
+    assert response.status_code in (400, 413)
+    assert response["Connection"] == "close"
+
+
+def test_a_refusal_before_the_body_is_read_keeps_the_connection(client: Client) -> None:
+    response = client.post("/api/v1/orders/", b"{}", content_type="application/json")  # no token: 401
+
+    assert response.status_code == 401
+    assert "Connection" not in response
 
 
 # Upstream failures

@@ -31,6 +31,7 @@ from proxy.routes import RATE_LIMIT_POLICIES, ROUTES
 from proxy.tests.test_gunicorn import PROJECT_DIR, Gateway
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
 from proxy.tests.utils import json_of
+from proxy.views import health_document
 
 POLICY = re.compile(r'^"(?P<name>[a-z]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
 STANDING = re.compile(r'^"(?P<name>[a-z]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
@@ -96,8 +97,9 @@ def test_a_success_carries_the_policy_and_the_remaining_quota(client: Client, se
         ({"path": "/api/v1/orders/", "headers": {"Authorization": "Bearer not-a-jwt"}}, 401),
         ({"path": "/api/v1/payments/", "method": "post"}, 405),
         ({"path": "/api/v1/users/boom/"}, 500),  # the service's own error
+        ({"path": "/api/v1/products/", "headers": {"Host": "evil.example"}}, 400),  # not in ALLOWED_HOSTS
     ],
-    ids=["missing-token", "bad-token", "wrong-method", "service-error"],
+    ids=["missing-token", "bad-token", "wrong-method", "service-error", "bad-host"],
 )
 def test_errors_carry_the_headers_and_count_against_the_address(
     client: Client, users: StubUpstream, settings: Any, request_kwargs: dict[str, Any], status: int
@@ -320,6 +322,7 @@ def test_health_reports_the_rate_limit_store(client: Client, settings: Any) -> N
     settings.RATE_LIMIT_REDIS_URL = ""  # embedded mode, whichever mode this run is in
     healthy = json_of(client.get("/health"))
     settings.RATE_LIMIT_REDIS_URL = redis_url_on_a_closed_port()
+    health_document.clear()  # not this worker's document of the last second
 
     response = client.get("/health")
 
@@ -328,6 +331,46 @@ def test_health_reports_the_rate_limit_store(client: Client, settings: Any) -> N
     body = json_of(response)
     assert body["rate_limit"]["status"] == "down"
     assert body["rate_limit"]["backend"] == "redis"
+
+
+@pytest.mark.django_db
+def test_a_failed_health_probe_of_the_store_does_not_close_sign_in(
+    client: Client, users: StubUpstream, settings: Any, tmp_path: Path
+) -> None:
+    # given a store that cannot be opened (a directory where its file should be) when /health probes it
+    settings.RATE_LIMIT_REDIS_URL = ""
+    store = tmp_path / "ratelimit.sqlite3"
+    store.mkdir()
+    settings.RATE_LIMIT_SQLITE_PATH = store
+    probed = json_of(client.get("/health"))
+
+    # when the store works again
+    store.rmdir()
+    response = client.post("/api/v1/auth/token", {}, content_type="application/json")
+
+    # then /health reported it, and sign-in, which fails closed, was never switched to 503 by that report
+    assert probed["rate_limit"]["status"] == "down"
+    assert response.status_code == 200
+    assert rate_limit_headers(response)[1]["r"] == "9"
+    assert len(users.received) == 1
+
+
+@pytest.mark.django_db
+def test_health_shows_when_requests_are_counting_without_the_store(
+    client: Client, settings: Any, silent_store: SilentServer
+) -> None:
+    # given a store that hung on a request, which then left it alone for the back-off
+    settings.RATE_LIMIT_REDIS_URL = silent_store.url
+    settings.RATE_LIMIT_STORE_TIMEOUT = 0.1
+    settings.RATE_LIMIT_STORE_RETRY_AFTER = 30.0
+    assert client.get("/api/v1/products/").status_code == 200
+
+    # when
+    store = json_of(client.get("/health"))["rate_limit"]
+
+    # then
+    assert store["status"] == "down"
+    assert 1 <= store["fallback_for_seconds"] <= 30
 
 
 class SilentServer:

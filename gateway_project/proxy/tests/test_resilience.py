@@ -50,7 +50,7 @@ def test_a_post_is_never_retried(client: Client, orders: StubUpstream, bearer: d
     assert [request.method for request in orders.received] == ["POST"]
 
 
-def test_a_post_with_an_idempotency_key_is_retried(
+def test_a_post_with_an_idempotency_key_is_retried_where_the_service_honours_the_key(
     client: Client, orders: StubUpstream, bearer: dict[str, str]
 ) -> None:
     orders.reply("/api/v1/orders/", status=503)
@@ -62,6 +62,48 @@ def test_a_post_with_an_idempotency_key_is_retried(
     assert response.status_code == 503
     assert len(orders.received) == 3  # the first attempt and the route's two retries
     assert {request.headers["Idempotency-Key"] for request in orders.received} == {"k-1"}
+
+
+def test_a_post_read_timeout_is_retried_where_the_service_honours_the_key(
+    client: Client, orders: StubUpstream, bearer: dict[str, str], settings: Any
+) -> None:
+    settings.UPSTREAM_READ_TIMEOUT = 0.2
+    orders.reply("/api/v1/orders/", delay=1.0)
+
+    response = client.post(
+        "/api/v1/orders/", b"{}", content_type="application/json", headers={**bearer, "Idempotency-Key": "k-2"}
+    )
+
+    assert response.status_code == 504
+    assert len(orders.received) == 3
+
+
+@pytest.mark.parametrize("failure", ["503", "read timeout"])
+@pytest.mark.parametrize("path", ["/api/v1/auth/refresh", "/api/v1/auth/token", "/api/v1/users/"])
+def test_a_post_with_an_idempotency_key_is_not_retried_where_the_service_ignores_the_key(
+    client: Client, users: StubUpstream, settings: Any, path: str, failure: str
+) -> None:
+    # given a user service that fails, and which stores no idempotency keys: a replayed refresh would spend
+    # a spent refresh token (revoking the user's whole sign-in), a replayed sign-in count a failure twice
+    settings.UPSTREAM_READ_TIMEOUT = 0.2
+    if failure == "503":
+        users.reply(path, status=503)
+    else:
+        users.reply(path, delay=1.0)
+
+    # when
+    response = client.post(path, b"{}", content_type="application/json", headers={"Idempotency-Key": "k-3"})
+
+    # then the service saw it once
+    assert response.status_code == (503 if failure == "503" else 504)
+    assert [request.target for request in users.received] == [path]
+
+
+def test_only_the_order_list_honours_idempotency_keys() -> None:
+    # README, Idempotency keys: POST /api/v1/orders/ (and the payment service's internal charge endpoint)
+    honouring = {route.prefix for route in routes.ROUTES if route.upstream.honours_idempotency_key}
+
+    assert honouring == {"/api/v1/orders/"}
 
 
 def test_a_get_refused_by_one_instance_is_retried_on_another(

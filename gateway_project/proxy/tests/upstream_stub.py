@@ -38,6 +38,7 @@ class StubUpstream:
         self.replies: dict[str, Reply] = {}
         self.health: tuple[int, dict[str, Any]] = (200, {})
         self.health_delay = 0.0
+        self.health_checks = 0
         self.jwks: dict[str, Any] = {"keys": []}
         self.jwks_fetches = 0
         # Close a kept-alive connection when a second request arrives on it, unanswered: the race of a
@@ -65,6 +66,7 @@ class StubUpstream:
         self.replies.clear()
         self.health = (200, {"database": "ok", "cache": "ok", "broker": "ok"})
         self.health_delay = 0.0
+        self.health_checks = 0
         self.jwks_fetches = 0
         self.drop_reused_connections = False
 
@@ -102,6 +104,7 @@ class _StubHandler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(stub.jwks).encode(), [("Content-Type", "application/json")])
             return
         if self.path == "/health/":
+            stub.health_checks += 1
             status, document = stub.health
             time.sleep(stub.health_delay)
             self._send(status, json.dumps(document).encode(), [("Content-Type", "application/json")])
