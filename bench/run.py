@@ -333,7 +333,7 @@ def start_express(processes: Processes, variant: str, *, upstream: Target) -> Ta
 
 def start_floor(processes: Processes, variant: str, *, upstream: Target) -> Target:
     """A forwarder with no feature at all, under gunicorn with the gateway's workers: ``floor-wsgi`` the
-    gthread worker with ``http.client`` (the gateway's present server and client), ``floor-asgi`` gunicorn's
+    gthread worker with ``http.client`` (the gateway's present server, its former client), ``floor-asgi`` gunicorn's
     ASGI worker with asyncio connections parsed by httptools. The gap between a floor and the gateway is
     what the gateway's features cost; the gap between the floors, what the architecture does."""
     port = free_port()

@@ -1,5 +1,5 @@
 """The floor of the gateway's present architecture: a WSGI forwarder under gunicorn's gthread worker with a
-per-thread ``http.client`` keep-alive connection, as ``proxy/connections.py`` keeps them, and nothing else
+per-thread ``http.client`` keep-alive connection, as ``proxy/connections.py`` kept them before llhttp, and nothing else
 (no Django, no token, no rate limit, no log, no span). What the gateway costs above this is its features.
 
 ``BENCH_TARGET`` names the upstream (``http://127.0.0.1:PORT``); bench/run.py starts it as ``floor-wsgi``.
