@@ -51,7 +51,7 @@ HOST = "127.0.0.1"
 class Service:
     name: str
     project: str  # folder holding manage.py
-    package: str  # the Django project package (settings, wsgi, celery)
+    package: str  # the Django project package (settings, wsgi or the gateway's asgi, celery)
     port_env: str
     default_port: int
     database_env: str  # the launcher passes this variable to the service as its DATABASE_URL
@@ -242,10 +242,17 @@ class System:
         return [sys.executable, "manage.py", *args]
 
     def web_command(self, service: Service, port: int | None = None) -> list[str]:
+        if service.name == "gateway":
+            # gunicorn's ASGI worker: one event loop per worker answers the forwarded /api/ paths
+            # (gateway/asgi.py). It takes no --threads; gunicorn 27 reads but does not enforce
+            # --worker-connections there, so none is passed.
+            app, worker = "gateway.asgi:application", ["--worker-class", "asgi"]
+        else:
+            app, worker = f"{service.package}.wsgi:application", ["--worker-class", "gthread", "--threads", "8"]
         command = [
-            sys.executable, "-m", "gunicorn", f"{service.package}.wsgi:application",
+            sys.executable, "-m", "gunicorn", app,
             "--bind", f"{HOST}:{port or self.ports[service.name]}",
-            "--worker-class", "gthread", "--workers", str(self.web_workers), "--threads", "8",
+            *worker, "--workers", str(self.web_workers),
             # Longer than the callers' idle-connection time, so pooled connections aren't cut mid-reuse.
             "--keep-alive", "75",
             "--graceful-timeout", "10",

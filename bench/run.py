@@ -10,7 +10,7 @@ It starts, each on a free 127.0.0.1 port:
 - ``direct``: a trivial DRF JSON service (``bench/upstream/``) under ``gunicorn -w 2 -k gthread
   --threads 8 --keep-alive 75``; it also serves the JWKS of a key generated for this run;
 - ``gateway`` (embedded) and ``gateway+redis`` (``REDIS_URL`` on the local Redis): our gateway started by
-  the launcher's own ``System.web_command`` (the same gunicorn workers, threads and flags as ``up``),
+  the launcher's own ``System.web_command`` (the same gunicorn worker class, workers and flags as ``up``),
   routing every service to that upstream, with a valid EdDSA access token on every request (the route
   requires one), and whatever rate limiting, breaker and access logging the gateway has switched on;
 - ``express`` and ``express+ka``: ``bench/express_gateway.js`` (Express 5 + http-proxy) in its seed
@@ -260,6 +260,12 @@ def gateway_env(variant: str, *, redis_url: str, extra: dict[str, str]) -> dict[
             # Far above what the bench can send, so every request is counted (one store round trip) and
             # forwarded; a 429 during a run is counted as an error and invalidates it.
             "RATE_LIMIT_DEFAULT": "1000000000/minute",
+            # Tracing as in production (README: OTEL_TRACES_SAMPLER): every request gets a trace id and the
+            # gateway decides, once, whether its trace is recorded; one in ten is. Recording every trace
+            # (the launcher's default, for development) costs the gateway ≈ 150-200 µs of CPU per request:
+            # --gateway-env OTEL_TRACES_SAMPLER=parentbased_always_on measures that.
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
         }
     )
     if variant == "gateway+redis":
@@ -291,10 +297,15 @@ def start_gateway(
         if result.returncode != 0:
             raise BenchError(f"gateway: manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     name = variant.replace("+", "-")
-    process = processes.spawn(name, system.web_command(service), cwd=service.directory, env=env)
+    command = system.web_command(service)
+    process = processes.spawn(name, command, cwd=service.directory, env=env)
     url = system.url("gateway")
     wait_until_answering(processes, url + "/health")
-    return Target(variant, url, process.popen.pid, note=f"workers={system.web_workers} threads=8")
+    # read from the command, so that the note says what ran (the ASGI worker takes no --threads)
+    note = f"workers={system.web_workers} worker={command[command.index('--worker-class') + 1]}"
+    if "--threads" in command:
+        note += f" threads={command[command.index('--threads') + 1]}"
+    return Target(variant, url, process.popen.pid, note=note)
 
 
 def ensure_node_modules() -> None:
@@ -332,8 +343,8 @@ def start_express(processes: Processes, variant: str, *, upstream: Target) -> Ta
 
 
 def start_floor(processes: Processes, variant: str, *, upstream: Target) -> Target:
-    """A forwarder with no feature at all, under gunicorn with the gateway's workers: ``floor-wsgi`` the
-    gthread worker with ``http.client`` (the gateway's present server, its former client), ``floor-asgi`` gunicorn's
+    """A forwarder with no feature at all, under gunicorn with two workers: ``floor-wsgi`` the
+    gthread worker with ``http.client`` (the gateway's former server and client), ``floor-asgi`` gunicorn's
     ASGI worker with asyncio connections parsed by httptools. The gap between a floor and the gateway is
     what the gateway's features cost; the gap between the floors, what the architecture does."""
     port = free_port()
@@ -629,13 +640,15 @@ def profile_gateway(
 BREAKDOWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "gunicorn: read and parse the request, write the response",
-        "ThreadWorker.handle",
-        ("untrusted_trace_context.<locals>.application", "HttpResponseBase.close", "Response.stream"),
+        "ASGIProtocol._handle_connection",
+        ("edge_application.<locals>.application",),
     ),
-    ("Django handler and middleware (outside the view)", "WSGIHandler.__call__", ("proxy_view",)),
-    ("  of which the gateway's server span", "ServerSpanMiddleware.__call__", ("RequestIdMiddleware.__call__",)),
-    ("  of which URL resolution (not on the proxied path)", "BaseHandler.resolve_request", ()),
-    ("proxy view", "proxy_view", ()),
+    ("edge application outside the proxy view", "ProxyApp.__call__", ("proxy_view_async",)),
+    ("  of which the gateway's server span", "_start_server_span", ()),
+    ("  of which the WSGI environ and request object", "environ_from", ()),
+    ("  of which the access log and metrics", "log_and_count", ()),
+    ("  of which sending the answer", "_send_response", ()),
+    ("proxy view", "proxy_view_async", ()),
     ("  token check", "_authenticate", ()),
     ("  rate limit", "consume", ()),
     ("  service assertion (HS256)", "mint_assertion", ()),
@@ -643,8 +656,11 @@ BREAKDOWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("  upstream call (until the response headers)", "send", ()),
     ("    of which the client span", "_attempt", ("request",)),
     ("  response headers filtered", "returned_response_headers", ()),
-    ("streaming the body back", "Response.stream", ()),
-    ("response close: access log, metrics, request_finished", "HttpResponseBase.close", ()),
+    (
+        "bytes arriving: requests parsed by gunicorn, answers by llhttp",
+        "_SelectorSocketTransport._read_ready__data_received",
+        (),
+    ),
     ("span export (the exporter's thread)", "BatchProcessor.worker", ()),
 )
 
@@ -682,7 +698,7 @@ def top_costs(raw: Path, *, cpu_us: float, limit: int = 30) -> Iterator[str]:
         if by_name[function]:
             yield row(label, by_name[function] - sum(by_name[name] for name in minus))
     yield "inclusive, top functions below the request handler:"
-    handler = by_name["ThreadWorker.handle"] or total
+    handler = by_name["ASGIProtocol._handle_connection"] or total
     shown = 0
     for name, count in inclusive.most_common():
         if count < handler * 0.9 and shown < limit:  # skip the frames every request passes through

@@ -14,53 +14,137 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import uuid
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from gunicorn import util
+from gunicorn.asgi import parser as asgi_parser
+from gunicorn.asgi import protocol as asgi_protocol
+from gunicorn.asgi import websocket as asgi_websocket
+from gunicorn.http import errors as http_errors
 from gunicorn.http import wsgi
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # A header name with an underscore is refused (400), not dropped (gunicorn's default) or mapped: WSGI
-# would make "X_User_Id" and "X-User-Id" one key, and a silently dropped header hides an attack.
+# would make "X_User_Id" and "X-User-Id" one key, and a silently dropped header hides an attack. The ASGI
+# worker's HTTP/1 parser applies the same setting (gunicorn 27: asgi/protocol.py _RequestHeaderPolicy runs
+# the HeaderPolicy the WSGI parser uses), and its 400 goes through the envelope below.
 header_map = "refuse"
 
 # The gateway faces clients: no peer, loopback included (gunicorn's default trusts 127.0.0.1 and ::1), may
 # set the scheme (X-Forwarded-Proto and the like) or SCRIPT_NAME gunicorn gives the application. Behind
 # proxies of ours the gateway reads X-Forwarded-Proto itself, by TRUSTED_PROXY_COUNT
 # (proxy/client_address.py). The launcher passes the same on its command line; this covers any other run.
+# Both workers read it: the ASGI worker's scope "scheme" is the socket's unless the peer is listed here,
+# and with no peer listed no header name with an underscore (SCRIPT_NAME included) is let through either.
 forwarded_allow_ips = ""
 
 # Requests gunicorn's parser refuses (the underscore above, a duplicate Content-Length, Content-Length with
-# Transfer-Encoding, a bad request line, an oversized header line) never reach Django, so gunicorn answers
-# them itself, in HTML. The gateway's clients expect the error envelope every other answer uses: gunicorn's
-# one function for these pages is replaced here, in the master, so that every worker forked from it has
-# it. Its message names what was wrong (e.g. "Invalid HTTP header name: 'X_User_Id'") and is JSON-escaped.
-_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed"}
-_CODES |= {431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+# Transfer-Encoding, a bad request line, an oversized header line) never reach the application, so gunicorn
+# answers them itself, in HTML (WSGI workers) or plain text (ASGI worker). The gateway's clients expect the
+# error envelope every other answer uses: gunicorn's functions for these answers are replaced here, in the
+# master, so that every worker forked from it has them, whichever worker class runs. Its message names
+# what was wrong (e.g. "Invalid HTTP header name: 'X_USER_ID'") and is JSON-escaped.
+_CODES = {400: "bad_request", 403: "forbidden", 413: "payload_too_large", 414: "uri_too_long"}
+_CODES |= {417: "expectation_failed", 426: "upgrade_required", 431: "headers_too_large"}
+_CODES |= {500: "internal_error", 501: "not_implemented"}
+# gunicorn's (WSGI parser, header policy) and the ASGI parser's own classes
+_HEADER_NAME_ERRORS = (http_errors.InvalidHeaderName, asgi_parser.InvalidHeaderName)
+_HEADER_ERRORS = (http_errors.InvalidHeader, asgi_parser.InvalidHeader)
+
+
+def _error_code(status_int: int, mesg: str) -> str:
+    if status_int != 400:
+        return _CODES.get(status_int, "bad_request")
+    # Both workers answer from the except clause of the parser's exception, whose class names the fault: the
+    # ASGI parser's messages do not always say "header" ("Content-Length with Transfer-Encoding") and its
+    # refused header name is the name alone. The message decides for any other exception (another parser).
+    exc = sys.exc_info()[1]
+    if isinstance(exc, _HEADER_NAME_ERRORS):
+        return "invalid_header_name"
+    if isinstance(exc, _HEADER_ERRORS):
+        return "invalid_header"
+    if "header name" in mesg.lower():
+        return "invalid_header_name"
+    return "invalid_header" if "header" in mesg.lower() else "bad_request"
+
+
+def _error_response(status_int: int, reason: str, mesg: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The whole response, head and body, for an error gunicorn answers itself. The connection is
+    always closed after it: what follows a refused request on the connection cannot be trusted."""
+    code = _error_code(status_int, mesg)
+    message = f"{reason}: {mesg}" if mesg and mesg != reason else reason
+    body = json.dumps({"error": {"code": code, "message": message, "details": {}}}, ensure_ascii=True).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-ID: {uuid.uuid4().hex}\r\n{extra}\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def _json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
-    code = _CODES.get(status_int, "bad_request")
-    if status_int == 400 and "header name" in mesg.lower():
-        code = "invalid_header_name"
-    elif status_int == 400 and "header" in mesg.lower():
-        code = "invalid_header"
-    request_id = uuid.uuid4().hex
-    body = json.dumps(
-        {"error": {"code": code, "message": f"{reason}: {mesg}", "details": {}}},
-        ensure_ascii=True,
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nX-Request-ID: {request_id}\r\n\r\n"
-    )
-    util.write_nonblock(sock, head.encode("latin-1") + body)
+    util.write_nonblock(sock, _error_response(status_int, reason, mesg))
 
 
-util.write_error = _json_error
+util.write_error = _json_error  # WSGI workers (gthread, sync...): workers/base.py handle_error
+
+
+_ASGI_BARE_ERRORS = (
+    (asgi_parser.InvalidHeaderName, "Invalid HTTP header name"),
+    (asgi_parser.InvalidRequestMethod, "Invalid HTTP method"),
+    (asgi_parser.InvalidHTTPVersion, "Invalid HTTP version"),
+    (asgi_parser.UnsupportedTransferCoding, "Unsupported transfer coding"),
+)
+
+
+def _asgi_json_error(
+    self: asgi_protocol.ASGIProtocol, status: int, message: str, extra_headers: tuple[tuple[str, str], ...] = ()
+) -> None:
+    # The ASGI worker's parse errors (400, 414, 431, 501), the 426 and 400 of a bad WebSocket handshake, and
+    # the 500 of an application that raised or returned before it answered. gunicorn closes the connection
+    # after each but the last (returned without answering), which said "Connection: close" and was kept
+    # alive: closed here, so that the header is true.
+    reason = asgi_protocol._REASON_PHRASES.get(status) or _phrase(status)
+    # The ASGI parser's errors of these classes say only the value they refused ("X@Y", "G(T")
+    exc = sys.exc_info()[1]
+    for kind, what in _ASGI_BARE_ERRORS:
+        if isinstance(exc, kind):
+            message = f"{what}: {message!r}"
+            break
+    self._safe_write(_error_response(status, reason, message, tuple(extra_headers)))
+    self._close_transport()
+
+
+asgi_protocol.ASGIProtocol._send_error_response = _asgi_json_error  # type: ignore[method-assign]
+
+
+def _websocket_json_deny(self: asgi_websocket.WebSocketProtocol, status: int, reason: str) -> None:
+    # A WebSocket handshake the application ended without accepting (403) or failed on (500): gunicorn
+    # answers it itself (gunicorn 27: asgi/websocket.py _deny, an empty body), as it answers a parse error.
+    if self._denied:
+        return
+    self._denied = True
+    self.closed = True
+    self._close_event.set()
+    detail = "the WebSocket handshake was refused" if status == 403 else "the WebSocket application failed"
+    with contextlib.suppress(OSError, RuntimeError):
+        self.transport.write(_error_response(status, reason, detail))
+        self.transport.close()
+
+
+asgi_websocket.WebSocketProtocol._deny = _websocket_json_deny  # type: ignore[method-assign]
 
 # An application's "Connection: close" is dropped by gunicorn with the other hop-by-hop headers, and the
 # connection kept alive (gunicorn 27: Response.process_headers). The gateway says it when it refused a body
@@ -71,14 +155,50 @@ util.write_error = _json_error
 _process_headers = wsgi.Response.process_headers
 
 
+def _says_close(value: str) -> bool:
+    return "close" in (token.strip().lower() for token in value.split(","))
+
+
 def _process_headers_honouring_close(self: wsgi.Response, headers: list[tuple[str, str]]) -> None:
     _process_headers(self, headers)
     for name, value in headers:
-        if name.lower() == "connection" and "close" in (token.strip().lower() for token in value.split(",")):
+        if name.lower() == "connection" and _says_close(value):
             self.force_close()
 
 
 wsgi.Response.process_headers = _process_headers_honouring_close  # type: ignore[method-assign]
+
+# The ASGI worker passes the application's "Connection: close" through but keeps the connection alive all
+# the same (gunicorn 27: its keep-alive decision, ASGIProtocol._will_close, looks at the request, the
+# worker and max_requests, never at the response's headers), with the same cost as above. Its send() scans
+# the response's headers (_scan_response_headers) and then, with no await in between, asks _will_close; the
+# scan notes what the application said, _will_close takes it, so the note never outlives that one
+# http.response.start. _will_close then answers True, which closes the connection after the response, and
+# marks the request must_close so that the decision is the same when it is asked again after the body.
+_scan_response_headers = asgi_protocol._scan_response_headers
+_will_close = asgi_protocol.ASGIProtocol._will_close
+_app_said_close = [False]
+
+
+def _scan_response_headers_noting_close(headers: Any) -> tuple[bool, Any, bool]:
+    result = _scan_response_headers(headers)  # validates the names and values first
+    _app_said_close[0] = any(
+        (name.lower() in (b"connection", "connection"))
+        and _says_close(value.decode("latin-1") if isinstance(value, bytes) else value)
+        for name, value in headers
+    )
+    return result
+
+
+def _will_close_honouring_close(self: asgi_protocol.ASGIProtocol, request: Any, response_requires_close: bool) -> bool:
+    if _app_said_close[0]:
+        _app_said_close[0] = False
+        request.must_close = True
+    return _will_close(self, request, response_requires_close)
+
+
+asgi_protocol._scan_response_headers = _scan_response_headers_noting_close
+asgi_protocol.ASGIProtocol._will_close = _will_close_honouring_close  # type: ignore[method-assign]
 
 
 def _pid_alive(pid: int) -> bool:

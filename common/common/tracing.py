@@ -19,11 +19,12 @@ process; the consumer (``common.tasks``) continues from the headers, or from the
 
 The gateway does not trust a client's ``traceparent``: a client could otherwise choose our trace ids (glue
 its requests into someone else's trace, or collide with one), or force sampling decisions on us. The
-gateway's WSGI entry (:func:`untrusted_trace_context`) moves the client's trace headers aside, every trace
-starts at the gateway, and the client's context is kept only as a span *link* on the gateway's span, so a
-caller that traces can still find its side of the story. (The gateway's proxied requests skip the Django
-and urllib3 instrumentations, which cost more than the rest of the proxy together: its lean handler makes
-the same server span, and its upstream client the client spans, by hand with the same tracer.)
+gateway's entry (its ASGI dispatch; :func:`untrusted_trace_context` under a WSGI server) moves the client's
+trace headers aside into ``CLIENT_CONTEXT_ENVIRON_KEY``, every trace starts at the gateway, and the
+client's context is kept only as a span *link* on the gateway's span, so a caller that traces can still
+find its side of the story. (The gateway's proxied requests skip the Django and urllib3 instrumentations,
+which cost more than the rest of the proxy together: its edge application makes the same server span, and
+its upstream client the client spans, by hand with the same tracer.)
 
 Export: OTLP over HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (the exporter reads the other standard
 ``OTEL_EXPORTER_OTLP_*`` variables itself); otherwise spans go as JSON lines to ``VAR_DIR/traces/

@@ -39,7 +39,7 @@ def value(key: str) -> Any | None:
     """The current value of ``key`` for this gateway, or None when the config center has none (the caller
     then uses its setting)."""
     if not _started:
-        _start()
+        start()
     return _values.get(key)
 
 
@@ -89,7 +89,10 @@ def _usable(values: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def _start() -> None:
+def start() -> None:
+    """Load the current version and start this worker's poller, once. The gateway's ASGI application calls
+    it as a worker loads it (gateway/asgi.py): the first load reads the database, which the event loop's
+    thread must not do while it serves; elsewhere the first :func:`value` does."""
     global _started
     if settings.CONFIG_POLL_INTERVAL <= 0:  # disabled (the proxy's unit tests): settings only
         return

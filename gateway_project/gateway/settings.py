@@ -39,8 +39,9 @@ INSTALLED_APPS = [
 ]
 
 # The gateway's own pages (admin, docs, health, config center, /metrics) run through this list. Forwarded
-# /api/ paths take a shorter one (proxy/edge.py EDGE_MIDDLEWARE: these entries minus WhiteNoise, sessions,
-# CSRF, auth and messages, which never act there), chosen in gateway/wsgi.py; change both together.
+# /api/ paths take a shorter one on the event loop (proxy/edge.py EDGE_LAYERS: these entries minus the
+# admins' sign-in throttle, WhiteNoise, sessions, CSRF, auth and messages, which never act there, with the
+# request id, access log and server span done by its application); change both together.
 MIDDLEWARE = [
     "common.request_id.RequestIdMiddleware",
     "proxy.observability.AccessLogMiddleware",  # outermost after the request id: sees every answer
@@ -125,6 +126,8 @@ UPSTREAM_READ_TIMEOUT = config("UPSTREAM_READ_TIMEOUT", default=15.0, cast=float
 # Pooled keep-alive connections per upstream for the gateway's own calls (health, docs, overview); more
 # concurrent calls open extra, short-lived ones. Proxied requests keep one connection per worker thread.
 UPSTREAM_POOL_SIZE = config("UPSTREAM_POOL_SIZE", default=32, cast=int)
+# Threads per worker for what Django answers (gateway/asgi.py): admin, docs, overview, health, config center.
+GATEWAY_DJANGO_THREADS = config("GATEWAY_DJANGO_THREADS", default=8, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
 # All request header lines together; a route may set less (proxy/routes.py). Over it: 431.
 MAX_REQUEST_HEADER_BYTES = config("MAX_REQUEST_HEADER_BYTES", default=16 * 1024, cast=int)

@@ -63,6 +63,13 @@ class VerifiedTokens:
 verified_tokens = VerifiedTokens(ttl=VERIFIED_TOKEN_TTL, max_size=VERIFIED_TOKEN_CACHE_SIZE)
 
 
+def cached_claims(authorization: str) -> dict[str, Any] | None:
+    """The claims of the Authorization header's token if it was verified recently (no work, no network);
+    None otherwise, when :func:`bearer_claims` has to check it."""
+    scheme, _, token = authorization.partition(" ")
+    return verified_tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+
+
 def bearer_claims(authorization: str) -> dict[str, Any]:
     """The claims of the access token in an Authorization header value, or :class:`TokenError`."""
     scheme, _, token = authorization.partition(" ")

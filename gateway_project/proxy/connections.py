@@ -1,22 +1,34 @@
-"""Keep-alive connections to the services for :func:`proxy.upstream.send`: one per instance per thread, a
-plain blocking socket whose responses are parsed by ``httptools`` (llhttp, the C parser of Node.js, the one
-uvicorn uses).
+"""Keep-alive connections to the services for :func:`proxy.upstream.send`, on the event loop of the request
+that uses them: asyncio protocols whose responses are parsed by ``httptools`` (llhttp, the C parser of
+Node.js, the one uvicorn uses) as the bytes arrive.
 
-Why not urllib3's pool, which the health checks keep? A proxied request pays the client's own work on
-every call, and urllib3 adds ≈ 120 µs of bookkeeping to ``http.client``'s (pool lookup and queue, retry
-and timeout objects, its response wrapper): measured ≈ 390-460 µs against ≈ 280 µs per call
-(PERFORMANCE.md, bench/README.md). And why not ``http.client`` itself, which this module used before? It
-parses every response head with the ``email`` package and reads through buffered file objects wrapped
-around the socket: a trivial proxy under gunicorn gthread (2 workers x 8 threads, 16 connections) spent
-≈ 735 µs of CPU per request with it, against ≈ 503 µs with a blocking socket and llhttp. Here a request
-goes out in one ``sendall`` (its head and a small body together), the response is read with ``recv``
-straight into the parser, and the body is handed on as the parser cuts it out.
+Why asyncio: the gateway's proxied path runs under gunicorn's ASGI worker, one event loop per worker process
+serving all of that worker's requests at once. A blocking socket would stall every one of them while one
+waits for its service, so a request goes out with ``transport.write`` and its task waits on a future that
+the connection's protocol resolves from ``data_received``: no thread, no Task and no ``wait_for`` per read,
+one future and one ``call_later`` timer (the read timeout) per wait. A request goes out in one write (its
+head and a small body together), what arrives is fed straight to the parser, and the body is handed on as
+the parser cuts it out (``bench/floors/asgi_floor.py`` measures what such a forwarder costs).
 
-gunicorn's gthread worker serves a request on one thread from the first byte to the last, the body's
-streaming included, so a connection kept per thread is never shared: no pool and no lock are needed (the
-overview's calls run on a long-lived executor's threads, each with its own connections). A connection is
-taken out of its thread's table while a response uses it and put back once that response was read to its
-end (a partly read one is closed: what is left would be taken for the next response).
+Why not urllib3's pool, which the health checks keep? A proxied request pays the client's own work on every
+call, and urllib3 adds ≈ 120 µs of bookkeeping to ``http.client``'s (pool lookup and queue, retry and
+timeout objects, its response wrapper), and both block. ``http.client``, which this module used first,
+parsed every response head with the ``email`` package and read through buffered file objects
+(PERFORMANCE.md, bench/README.md).
+
+Connections belong to the loop that opened them (a transport is only ever driven by its own loop): idle
+ones are kept per running loop and per base URL, last released first out, at most
+:data:`MAX_IDLE_PER_ORIGIN` of them (one more is closed). A connection leaves its loop's pool while a
+response uses it, so concurrent requests on one loop to one instance each get a connection of their own,
+and goes back once that response was read to its end; a partly read one is closed, what is left would be
+taken for the next response. The loop watches idle connections for free: one the service closes (its
+keep-alive timeout, an instance that went away) or that receives bytes no request asked for leaves the pool
+at once and is never handed out. A thread without a loop of its own (Django's views) calls through a loop
+thread (proxy/upstream.py).
+
+Flow control: the body is never buffered whole. Once more than :data:`PAUSE_ABOVE` bytes of it have arrived
+and not been taken by the consumer, the transport stops reading (TCP then slows the service down); it reads
+again once the consumer has brought that under :data:`RESUME_BELOW`.
 
 HTTP/1.1 framing (RFC 9112), one fresh parser per response: a body framed by Content-Length, a chunked
 body (handed on de-chunked, trailers dropped), or one delimited by the connection closing (read to EOF, and
@@ -24,61 +36,77 @@ the connection is then not reused); no body for HEAD (llhttp cannot be told the 
 is fed line by line and parsing stops at its end), 204 and 304; interim 1xx responses (``100 Continue``,
 ``103 Early Hints``) skipped; a response with ``Connection: close``, an HTTP/1.0 one without
 ``Connection: keep-alive``, one with both Content-Length and Transfer-Encoding (the latter wins) or one
-followed by stray bytes is not reused. llhttp is strict where http.client was lenient; the two things
+followed by stray bytes is not reused. A response head (interim ones included) larger than
+:data:`MAX_HEAD_BYTES` is refused. llhttp is strict where http.client was lenient; the two things
 http.client passed on that it refuses get one leniency each, only for a head that needs it: an obsolete
 folded header line (``lenient_headers``; the value reaches :mod:`proxy.headers` joined by its whitespace)
 and Content-Length beside Transfer-Encoding (``lenient_chunked_length``). The service's reason phrase is
 kept, as http.client kept it.
 
 Failures raise urllib3's exception classes (``NewConnectionError``/``ConnectTimeoutError`` when nothing was
-sent, ``ReadTimeoutError``, ``ProtocolError`` when the exchange broke: a reset, EOF mid-head or mid-body, a
-body shorter than its Content-Length, a response the parser refuses), so :mod:`proxy.upstream` handles them
-as it does for any urllib3 call; :class:`Response` has the part of urllib3's response API the proxy uses
-(``status``, ``reason``, ``headers``, ``stream``, ``read``, ``closed``, ``close``, ``release_conn``,
-``drain_conn``).
+sent, ``ReadTimeoutError`` when one wait, for the head or for any part of the body, lasted longer than the
+read timeout, ``ProtocolError`` when the exchange broke: a reset, EOF mid-head or mid-body, a body shorter
+than its Content-Length, a response the parser refuses, a request that cannot be sent), so
+:mod:`proxy.upstream` handles them as it does for any urllib3 call; :class:`Response` has the part of
+urllib3's response API the proxy uses (``status``, ``reason``, ``headers``, ``closed``, ``close``,
+``release_conn``; ``stream``, ``read`` and ``drain_conn`` are asynchronous).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import re
 import socket
 import ssl
-import threading
-import time
-from collections.abc import Iterator
-from typing import NamedTuple
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import NamedTuple, cast
 
 import urllib3
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
-from urllib3.util.wait import wait_for_read
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.response import ContentDecoder, _get_decoder
 
 # What urllib3 sends when the client sent none; kept so a service sees the same requests as before.
 DEFAULT_USER_AGENT = f"python-urllib3/{urllib3.__version__}"
-# Instances come and go with discovery: a thread that has talked to more than this many starts afresh.
-MAX_CONNECTIONS_PER_THREAD = 64
-# How often a thread closes its idle connections the other end has closed (at its next call).
-SWEEP_INTERVAL = 30.0
-# One recv per call: a whole small response at once, and what a large body's chunks are cut from.
-RECV_SIZE = 64 * 1024
+# Idle connections kept per instance per loop: enough for a burst's worth; more are closed on release.
+MAX_IDLE_PER_ORIGIN = 32
 # A response whose head (interim responses included) is not complete once this much has been received is
 # refused: without a bound, a service sending headers forever would fill the worker's memory. nginx refuses
 # a head over 4-8 KiB by default; http.client allowed 100 lines.
 MAX_HEAD_BYTES = 64 * 1024
 # A body up to this size goes out in the same write as the head (one syscall, one packet for most
-# requests); a larger one is sent on its own rather than copied.
+# requests); a larger one is written on its own rather than copied.
 MAX_JOINED_BODY = 64 * 1024
+# Flow control: the transport stops reading once more body than this waits for the consumer...
+PAUSE_ABOVE = 256 * 1024
+# ... and reads again once the consumer has taken it down to this.
+RESUME_BELOW = 64 * 1024
 
 # As http.client: these methods carry a Content-Length, 0 without a body.
 _METHODS_EXPECTING_BODY = frozenset({"PATCH", "POST", "PUT"})
 # A request target must not break the request line: no whitespace, control character or non-ASCII byte
 # (http.client refused the same).
 _UNSENDABLE_TARGET = re.compile(r"[^\x21-\x7e]")
+# As much as there is: a chunk size that never cuts what has arrived.
+_ALL = 1 << 62
 
-_local = threading.local()
-_generation = 0  # bumped by close_all(): every thread drops the connections it kept before
+# Each loop's idle connections by base URL, the last released last. Weak: the entry of a loop that is gone
+# goes with it once it keeps no connection (a connection refers to its loop); a closed loop's entry is
+# dropped when another loop's pool is made and by close_all(), nothing can run its transports' callbacks.
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[_Connection]]]
+_pools = weakref.WeakKeyDictionary()
+_generation = 0  # bumped by close_all(): a connection opened before is never handed out again
 opened = 0  # connections opened by this process (tests check that connections are reused)
 
 
@@ -111,55 +139,158 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def _idle() -> dict[str, socket.socket]:
-    """This thread's idle connections by base URL."""
-    table: dict[str, socket.socket] | None = getattr(_local, "table", None)
-    if table is None or _local.generation != _generation or len(table) > MAX_CONNECTIONS_PER_THREAD:
-        for connection in (table or {}).values():
-            connection.close()
-        table = _local.table = {}
-        _local.generation = _generation
-        _local.swept_at = time.monotonic()
-    elif time.monotonic() - _local.swept_at > SWEEP_INTERVAL:
-        _sweep(table)
-    return table
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to one instance, bound to the loop that opened it, carrying one exchange at
+    a time: what arrives goes to the response using it (:meth:`Response._received`)."""
+
+    __slots__ = ("base_url", "generation", "idle", "loop", "lost", "response", "transport")
+
+    transport: asyncio.Transport
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, base_url: str) -> None:
+        self.loop = loop
+        self.base_url = base_url
+        self.generation = _generation
+        self.response: Response | None = None
+        self.idle = False  # in its loop's pool
+        self.lost = False  # closed, closing or closed by the service: never to carry another request
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A body larger than MAX_JOINED_BODY follows its head in a second write: without this, Nagle's
+            # algorithm holds it until the service's delayed ACK (40 ms on Linux). asyncio sets it too.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is not None:
+            response._received(data)
+        else:
+            self.close()  # bytes no request asked for: the connection is out of step with its requests
+
+    def eof_received(self) -> bool | None:
+        self._ended(None)
+        return None  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._leave_pool()
+        if self.response is not None:
+            self.response._ended(exc)
+
+    def close(self) -> None:
+        """At once: a connection we close is idle or out of step, there is nothing to flush, and a TLS
+        close_notify exchange would keep a socket open, reading an abandoned body, for up to 30 s."""
+        self.lost = True
+        self._leave_pool()
+        self.response = None
+        self.transport.abort()
+
+    def _leave_pool(self) -> None:
+        if not self.idle:
+            return
+        self.idle = False
+        pool = _pools.get(self.loop)
+        stack = None if pool is None else pool.get(self.base_url)
+        if pool is not None and stack is not None and self in stack:
+            stack.remove(self)
+            if not stack:
+                del pool[self.base_url]
 
 
-def _sweep(table: dict[str, socket.socket]) -> None:
-    """Close the idle connections the other end has closed: an instance that went away (discovery dropped
-    it, so this thread will never ask for its URL again) or a service's keep-alive timeout. Without this,
-    each would stay in CLOSE_WAIT, holding a descriptor, for the life of the thread."""
-    _local.swept_at = time.monotonic()
-    for base_url, connection in list(table.items()):
-        if wait_for_read(connection, timeout=0.0):
+def _take(loop: asyncio.AbstractEventLoop, base_url: str) -> _Connection | None:
+    """The idle connection to ``base_url`` of ``loop`` released last, out of the pool; None if it has none."""
+    pool = _pools.get(loop)
+    if pool is None:
+        return None
+    stack = pool.get(base_url)
+    while stack:
+        connection = stack.pop()
+        if not stack:
+            del pool[base_url]
+        connection.idle = False
+        if connection.generation == _generation and not connection.lost:
+            return connection
+        connection.close()
+    return None
+
+
+def _put(connection: _Connection) -> None:
+    """Back into its loop's pool, or closed when that already keeps MAX_IDLE_PER_ORIGIN to its instance."""
+    if connection.lost or connection.generation != _generation:
+        connection.close()
+        return
+    pool = _pools.get(connection.loop)
+    if pool is None:
+        pool = _new_pool(connection.loop)
+    stack = pool.get(connection.base_url)
+    if stack is None:
+        pool[connection.base_url] = [connection]
+    elif len(stack) < MAX_IDLE_PER_ORIGIN:
+        stack.append(connection)
+    else:
+        connection.close()
+        return
+    connection.idle = True
+
+
+def _new_pool(loop: asyncio.AbstractEventLoop) -> dict[str, list[_Connection]]:
+    for closed in [other for other in _pools if other.is_closed()]:
+        _pools.pop(closed, None)  # their transports cannot be closed any more: dropped, their sockets go with them
+    pool: dict[str, list[_Connection]] = {}
+    _pools[loop] = pool
+    return pool
+
+
+def _close_idle(pool: dict[str, list[_Connection]]) -> None:
+    stacks = list(pool.values())
+    pool.clear()
+    for stack in stacks:
+        for connection in stack:
+            connection.idle = False
             connection.close()
-            del table[base_url]
 
 
 def close_all() -> None:
-    """Every thread opens new connections from its next call on (tests, after the upstreams changed)."""
+    """Close every loop's idle connections, and the ones in use when they are released: every loop opens new
+    connections from its next request on (tests, after the upstreams changed). A loop running on another
+    thread closes its own, in a callback that runs before anything submitted to it afterwards."""
     global _generation
     _generation += 1
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, pool in list(_pools.items()):
+        if loop.is_closed():
+            _pools.pop(loop, None)
+        elif loop is current or not loop.is_running():
+            _close_idle(pool)
+        else:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(_close_idle, pool)
 
 
-def _connect(base_url: str, timeout: float) -> socket.socket:
+async def _connect(loop: asyncio.AbstractEventLoop, base_url: str, timeout: float) -> _Connection:
     global opened
     origin = _origin(base_url)
-    connection: socket.socket | None = None
     try:
-        connection = socket.create_connection((origin.host, origin.port), timeout)
-        # A body larger than MAX_JOINED_BODY follows its head in a second write: without this, Nagle's
-        # algorithm holds it until the service's delayed ACK (40 ms on Linux).
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if origin.tls:
-            connection = _tls_context().wrap_socket(connection, server_hostname=origin.host)
-    except TimeoutError as exc:
-        if connection is not None:
-            connection.close()
+        async with asyncio.timeout(timeout):
+            _, connection = await loop.create_connection(
+                lambda: _Connection(loop, base_url),
+                origin.host,
+                origin.port,
+                ssl=_tls_context() if origin.tls else None,
+                server_hostname=origin.host if origin.tls else None,
+            )
+    except TimeoutError as exc:  # the timeout above (the TLS handshake included), or the kernel's
         raise ConnectTimeoutError(f"Connection to {origin.host} timed out. (connect timeout={timeout})") from exc
-    except (OSError, ValueError) as exc:  # refused, unreachable, unknown name, bad timeout, TLS refused
-        if connection is not None:
-            connection.close()
+    except (OSError, ValueError) as exc:  # refused, unreachable, unknown name, TLS refused
         # urllib3 names its connection object first; the URL says more here.
         raise NewConnectionError(base_url, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
     opened += 1
@@ -194,7 +325,7 @@ def _request_head(base_url: str, method: str, target: str, headers: dict[str, st
     return head.encode("latin-1")  # as http.client: a value that is not Latin-1 cannot be sent
 
 
-def request(
+async def request(
     base_url: str,
     method: str,
     target: str,
@@ -204,52 +335,87 @@ def request(
     connect_timeout: float,
     read_timeout: float,
 ) -> Response:
-    """Send the request on this thread's connection to ``base_url`` (a new one if it has none or the
-    service closed it) and return the response with its body unread."""
+    """Send the request on an idle connection of the running loop to ``base_url`` (a new one if it has
+    none) and return the response once its head has arrived, its body unread."""
     try:
         head = _request_head(base_url, method, target, headers, body)
     except ValueError as exc:  # nothing a service could be sent: as http.client, the exchange failed
         raise ProtocolError("Connection aborted.", exc) from exc
-    connection = _idle().pop(base_url, None)
-    # An idle keep-alive connection the service has closed reads as EOF: replaced before anything is sent
-    # on it (urllib3 checks the same way).
-    if connection is not None and wait_for_read(connection, timeout=0.0):
-        connection.close()
-        connection = None
-    if connection is None:
-        connection = _connect(base_url, connect_timeout)
-    response = Response(connection, base_url, head_only=method.upper() == "HEAD")
+    loop = asyncio.get_running_loop()
+    connection = _take(loop, base_url) or await _connect(loop, base_url, connect_timeout)
+    response = Response(connection, base_url, read_timeout, head_only=method.upper() == "HEAD")
     try:
-        connection.settimeout(read_timeout)
+        if connection.lost:  # a new connection the service closed (or sent bytes on) before the request
+            raise ProtocolError("Connection aborted.", ConnectionError("closed before the request was sent"))
         if body and len(body) > MAX_JOINED_BODY:
-            connection.sendall(head)
-            connection.sendall(body)
+            connection.transport.write(head)
+            connection.transport.write(body)
         else:
-            connection.sendall(head + body if body else head)
-        response._read_head()
-    except TimeoutError as exc:
-        response._discard()
-        raise ReadTimeoutError(None, base_url + target, f"Read timed out. (read timeout={read_timeout})") from exc  # type: ignore[arg-type]
-    except OSError as exc:  # reset, or closed before the response
+            connection.transport.write(head + body if body else head)
+        while not response._head_done:
+            if response._failure is not None:
+                raise response._failure
+            if not await response._wait():
+                raise ReadTimeoutError(None, base_url + target, f"Read timed out. (read timeout={read_timeout})")  # type: ignore[arg-type]
+    except OSError as exc:  # a transport refusing the write
         response._discard()
         raise ProtocolError("Connection aborted.", exc) from exc
-    except ProtocolError:
+    except BaseException:  # the errors above, and a cancelled request: the connection is out of step
         response._discard()
         raise
     return response
 
 
-class Response:
-    """A service's response, its body read as the client takes it.
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
-    It is also the parser's protocol: llhttp calls the ``on_*`` methods as it finds each part."""
+
+class Response:
+    """A service's response, its body read as the consumer takes it.
+
+    It is also the parser's protocol: llhttp calls the ``on_*`` methods as it finds each part, from the
+    connection's ``data_received``; the consumer waits on :attr:`_waiter` until something it needs has
+    arrived."""
+
+    __slots__ = (
+        "_at",
+        "_base_url",
+        "_body",
+        "_closed",
+        "_complete",
+        "_connection",
+        "_cut",
+        "_decoding",
+        "_failure",
+        "_fields",
+        "_head_done",
+        "_head_only",
+        "_keep_alive",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_queue",
+        "_read_timeout",
+        "_reason",
+        "_received_head",
+        "_received_size",
+        "_unread",
+        "_waiter",
+        "headers",
+        "reason",
+        "status",
+    )
 
     status: int
+    reason: str
     headers: HTTPHeaderDict
 
-    def __init__(self, connection: socket.socket, base_url: str, *, head_only: bool) -> None:
-        self._connection: socket.socket | None = connection
+    def __init__(self, connection: _Connection, base_url: str, read_timeout: float, *, head_only: bool) -> None:
+        self._connection: _Connection | None = connection
+        self._loop = connection.loop
         self._base_url = base_url
+        self._read_timeout = read_timeout
         self._head_only = head_only
         self.status = 0
         self.reason = ""
@@ -257,14 +423,22 @@ class Response:
         self._parser: HttpResponseParser | None = HttpResponseParser(self)
         self._fields: list[tuple[bytes, bytes]] = []  # the head being parsed (an interim one is dropped)
         self._reason = b""
+        self._received_head: list[bytes] = []  # what arrived until the head's end, for a lenient re-parse
+        self._received_size = 0
         self._head_done = False  # the final response's head has been parsed
         self._complete = False  # ... and its body has all been received
         self._keep_alive = False  # the connection may carry another request once the body is handed out
-        self._pieces: list[bytes] = []  # body bytes the parser has cut out since the last read
-        self._body = b""  # body bytes being handed out, from self._at on
+        self._cut: list[bytes] = []  # body bytes the parser cut out of what arrived last
+        self._queue: deque[bytes] = deque()  # body bytes that arrived, one item per data_received
+        self._body = b""  # the item being handed out, from self._at on
         self._at = 0
-        self._failure: ProtocolError | None = None  # a broken body, raised once what came before is out
+        self._unread = 0  # bytes of the body that arrived and were not handed out
+        self._paused = False  # the transport stopped reading (flow control)
+        self._waiter: asyncio.Future[bool] | None = None  # the consumer's wait: True something came, False timed out
+        self._failure: ProtocolError | None = None  # a broken exchange, raised once what came before is out
         self._closed = False
+        self._decoding: _Decoding | None = None
+        connection.response = self
 
     # The parser's callbacks.
 
@@ -303,7 +477,7 @@ class Response:
             self._keep_alive = self._reusable()
 
     def on_body(self, body: bytes) -> None:
-        self._pieces.append(body)
+        self._cut.append(body)
 
     def on_message_complete(self) -> None:
         if self._head_done and not self._complete:
@@ -321,29 +495,87 @@ class Response:
             "content-length" in self.headers and "transfer-encoding" in self.headers
         )
 
-    # Reading.
+    # What the connection receives (its protocol callbacks call these).
 
-    def _read_head(self) -> None:
-        """Receive until the final response's head has been parsed (what follows of the body is kept)."""
-        connection = self._connection
-        assert connection is not None
-        received: list[bytes] = []
-        size = 0
-        while not self._head_done:
-            data = connection.recv(RECV_SIZE)
-            if not data:
-                raise ProtocolError("Connection aborted.", ConnectionError("closed before a whole response head"))
-            received.append(data)
-            size += len(data)
-            try:
-                self._feed(data)
-            except (HttpParserError, HttpParserUpgrade) as exc:
-                if self._head_done:  # in the body: raised when the body is read, as any broken body
-                    self._failure = ProtocolError("Connection broken: an invalid body.", exc)
-                    break
-                self._parse_leniently(b"".join(received), exc)
-            if size > MAX_HEAD_BYTES and not self._head_done:
-                raise ProtocolError("Connection aborted.", ValueError("response head too large"))
+    def _received(self, data: bytes) -> None:
+        if self._complete:
+            # Stray bytes after the response (a second response, data after Connection: close): what was
+            # received is whole, the connection is not.
+            self._keep_alive = False
+            return
+        head_was_done = self._head_done
+        rest = b""
+        if not head_was_done:
+            # The head must end within MAX_HEAD_BYTES: what arrives past them (one read can bring 256 KiB)
+            # is parsed only once it has.
+            room = MAX_HEAD_BYTES - self._received_size
+            if len(data) > room:
+                data, rest = data[:room], data[room:]
+            self._received_head.append(data)
+            self._received_size += len(data)
+        self._parse(data)
+        if not head_was_done:
+            if self._head_done:
+                self._received_head.clear()
+                if rest and self._failure is None:
+                    self._parse(rest)
+            elif rest and self._failure is None:
+                self._fail(ProtocolError("Connection aborted.", ValueError("response head too large")))
+        cut = self._cut
+        if cut:
+            piece = cut[0] if len(cut) == 1 else b"".join(cut)
+            cut.clear()
+            self._queue.append(piece)
+            self._unread += len(piece)
+            if self._unread > PAUSE_ABOVE and not self._paused and self._connection is not None:
+                self._paused = True
+                self._connection.transport.pause_reading()
+        if self._waiter is not None and (
+            self._failure is not None or (self._head_done and (not head_was_done or self._queue or self._complete))
+        ):
+            self._wake()
+
+    def _parse(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except (HttpParserError, HttpParserUpgrade) as exc:
+            if self._head_done:  # in the body: raised when the body is read, as any broken body
+                self._fail(ProtocolError("Connection broken: an invalid body.", exc))
+            else:
+                self._parse_leniently(b"".join(self._received_head), exc)
+
+    def _ended(self, exc: Exception | None) -> None:
+        """The service closed the connection (``exc`` None) or it broke: the end of a body delimited by the
+        connection closing, else a broken exchange."""
+        self._keep_alive = False
+        if self._complete or self._failure is not None:
+            pass
+        elif not self._head_done:
+            self._failure = ProtocolError(
+                "Connection aborted.", exc or ConnectionError("closed before a whole response head")
+            )
+        elif exc is not None:
+            self._failure = ProtocolError("Connection broken while reading the body.", exc)
+        elif self._delimited_by_close():
+            self._complete = True
+        else:
+            # A body shorter than its Content-Length, or a chunked one without its last chunk, must not pass
+            # for a whole one (urllib3 enforces the same).
+            self._failure = ProtocolError("Connection broken: the body ended early.")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def _fail(self, failure: ProtocolError) -> None:
+        """Raised once what came before is handed out; nothing more is read from the connection."""
+        if self._failure is None:
+            self._failure = failure
+        self._keep_alive = False
+        if self._connection is not None:
+            self._connection.close()
 
     def _parse_leniently(self, received: bytes, refused: Exception) -> None:
         """Parse what was received again, with the one llhttp leniency that accepts what http.client
@@ -361,17 +593,19 @@ class Response:
             "lenient_chunked_length": b"\ncontent-length:" in lowered and b"\ntransfer-encoding:" in lowered,
         }
         if not any(leniencies.values()):
-            raise ProtocolError("Connection aborted.", refused) from refused
+            self._fail(ProtocolError("Connection aborted.", refused))
+            return
         self._parser = HttpResponseParser(self)
         self._parser.set_dangerous_leniencies(**{name: True for name, needed in leniencies.items() if needed})
         self._fields.clear()
-        self._pieces.clear()
+        self._cut.clear()
         try:
             self._feed(received)
         except (HttpParserError, HttpParserUpgrade) as exc:
-            if not self._head_done:
-                raise ProtocolError("Connection aborted.", exc) from exc
-            self._failure = ProtocolError("Connection broken: an invalid body.", exc)
+            if self._head_done:
+                self._fail(ProtocolError("Connection broken: an invalid body.", exc))
+            else:
+                self._fail(ProtocolError("Connection aborted.", exc))
 
     def _feed(self, data: bytes) -> None:
         """Hand received bytes to the parser; bytes after the response mean the connection is not reused."""
@@ -392,36 +626,7 @@ class Response:
         except HttpParserError:
             if not self._complete:
                 raise
-            # Stray bytes after the response (a second response, data after Connection: close): what was
-            # received is whole, the connection is not.
-            self._keep_alive = False
-
-    def _receive(self) -> None:
-        """One more recv of the body into the parser; EOF ends a body delimited by the connection closing."""
-        connection = self._connection
-        if connection is None:
-            raise ProtocolError("Connection broken: the response was released before its end.")
-        try:
-            data = connection.recv(RECV_SIZE)
-        except TimeoutError as exc:
-            self._discard()
-            raise ReadTimeoutError(None, self._base_url, "Read timed out.") from exc  # type: ignore[arg-type]
-        except OSError as exc:
-            self._discard()
-            raise ProtocolError("Connection broken while reading the body.", exc) from exc
-        if not data:
-            if self._delimited_by_close():
-                self._complete = True
-                self._keep_alive = False
-                return
-            self._discard()
-            # A body shorter than its Content-Length, or a chunked one without its last chunk, must not pass
-            # for a whole one (urllib3 enforces the same).
-            raise ProtocolError("Connection broken: the body ended early.")
-        try:
-            self._feed(data)
-        except (HttpParserError, HttpParserUpgrade) as exc:
-            self._failure = ProtocolError("Connection broken: an invalid body.", exc)
+            self._keep_alive = False  # stray bytes after the response (see _received)
 
     def _delimited_by_close(self) -> bool:
         """Whether the body ends when the connection closes (RFC 9112 6.3): neither chunked (Transfer-Encoding
@@ -431,28 +636,58 @@ class Response:
             return not coding.rstrip(" \t").lower().endswith("chunked")
         return "Content-Length" not in self.headers
 
-    def _read_some(self, amt: int) -> bytes:
-        """At most ``amt`` bytes of the body, as soon as any are there; b"" at its end."""
-        if self._closed:
-            return b""
-        while self._at >= len(self._body):
-            if self._pieces:
-                pieces = self._pieces
-                self._body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                self._at = 0
-                pieces.clear()
-                break
-            if self._failure is not None:
-                self._discard()
-                raise self._failure
-            if self._complete:
-                self._parser = None  # the parser and this response refer to each other: let go at once
+    # Reading.
+
+    async def _wait(self) -> bool:
+        """Wait until something arrives for the consumer or the connection ends: False if the read timeout
+        passed first. One future, one timer."""
+        if self._paused:
+            self._resume()
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._read_timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _chunk(self, amt: int) -> bytes:
+        """At most ``amt`` bytes of the body that arrived and were not handed out yet; b"" if there are none."""
+        body, at = self._body, self._at
+        if at >= len(body):
+            if not self._queue:
                 return b""
-            self._receive()
-        at = self._at
-        chunk = self._body[at : at + amt]  # all of it, the common case, is the same object: no copy
+            body = self._body = self._queue.popleft()
+            at = 0
+        chunk = body[at : at + amt]  # all of it, the common case, is the same object: no copy
         self._at = at + len(chunk)
+        self._unread -= len(chunk)
+        if self._paused and self._unread <= RESUME_BELOW:
+            self._resume()
         return chunk
+
+    async def _more(self) -> bool:
+        """Wait until more of the body has arrived: False at its end; raises if it broke or stalled."""
+        if self._closed:
+            return False
+        if self._failure is not None:
+            self._discard()
+            raise self._failure
+        if self._complete:
+            self._parser = None  # the parser and this response refer to each other: let go at once
+            return False
+        if self._connection is None:
+            raise ProtocolError("Connection broken: the response was released before its end.")
+        if not await self._wait():
+            self._discard()
+            raise ReadTimeoutError(None, self._base_url, f"Read timed out. (read timeout={self._read_timeout})")  # type: ignore[arg-type]
+        return True
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._connection is not None and not self._connection.lost:
+            self._connection.transport.resume_reading()
 
     @property
     def closed(self) -> bool:
@@ -460,51 +695,67 @@ class Response:
         return self._closed or self._read_to_end()
 
     def _read_to_end(self) -> bool:
-        return self._complete and self._failure is None and self._at >= len(self._body) and not self._pieces
+        return self._complete and self._failure is None and self._at >= len(self._body) and not self._queue
 
-    def stream(self, amt: int, decode_content: bool = False) -> Iterator[bytes]:
-        """The body as the service sent it (never decoded, de-chunked), in chunks of at most ``amt`` bytes."""
-        while chunk := self._read_some(amt):
-            yield chunk
+    async def stream(self, amt: int) -> AsyncIterator[bytes]:
+        """The body as the service sent it (never decoded, de-chunked), in chunks of at most ``amt`` bytes,
+        each as soon as it has arrived; none empty."""
+        while True:
+            chunk = self._chunk(amt)
+            if chunk:
+                yield chunk
+            elif not await self._more():
+                return
 
-    def read(self, amt: int | None = None, decode_content: bool = False) -> bytes:
-        """At most ``amt`` bytes of the body, decoded (gzip, deflate...) if asked, as urllib3 reads them:
-        the gateway's own calls (docs, overview) read whole small documents this way."""
-        reader = urllib3.HTTPResponse(
-            body=_BodyFile(self),  # type: ignore[arg-type]  # a file to urllib3, which calls read and close
-            headers=self.headers,
-            status=self.status,
-            reason=self.reason,
-            preload_content=False,
-            decode_content=decode_content,
-        )
-        return reader.read(amt)
+    async def read(self, amt: int | None = None, decode_content: bool = False) -> bytes:
+        """At most ``amt`` bytes of the body (all of it without), fewer only at its end. ``decode_content``
+        decodes its Content-Encoding (gzip, deflate...) as urllib3's read did (the gateway asks for
+        ``identity``; a service may not listen), ``amt`` then counting decoded bytes."""
+        if amt is not None and amt < 0:
+            amt = None
+        if decode_content:
+            if self._decoding is None:
+                self._decoding = _Decoding(self.headers)
+            if self._decoding.decoder is not None or self._decoding.decoded:
+                return await self._decoding.read(self, amt)
+        parts: list[bytes] = []
+        wanted = _ALL if amt is None else amt
+        while wanted > 0:
+            chunk = self._chunk(wanted)
+            if chunk:
+                parts.append(chunk)
+                wanted -= len(chunk)
+            elif not await self._more():
+                break
+        return b"".join(parts)
 
-    def drain_conn(self) -> None:
+    async def drain_conn(self) -> None:
         """Read and drop what is left of the body, so the connection can be used again."""
         try:
-            for _ in self.stream(RECV_SIZE):
+            while self._chunk(_ALL) or await self._more():
                 pass
         except (ProtocolError, ReadTimeoutError):
             pass  # the connection is gone already
 
     def close(self) -> None:
+        """Close the connection unless the body was read to its end: what is left would be taken for the
+        next response."""
         if not self._read_to_end():
-            self._discard()  # a partly read body: the connection cannot carry another request
+            self._discard()
         self._closed = True
 
     def release_conn(self) -> None:
-        """Give the connection back to this thread once the body was read to its end; else close it."""
+        """Give the connection back to its loop's pool once the body was read to its end; else close it."""
         connection, self._connection = self._connection, None
         self._parser = None
         if connection is None:
             return
+        connection.response = None
         if self._keep_alive and self._read_to_end():
-            table = _idle()
-            displaced = table.get(self._base_url)
-            table[self._base_url] = connection
-            if displaced is not None:  # two responses from one instance open at once on this thread
-                displaced.close()
+            if self._paused:
+                self._paused = False
+                connection.transport.resume_reading()
+            _put(connection)
         else:
             connection.close()
 
@@ -512,6 +763,8 @@ class Response:
         connection, self._connection = self._connection, None
         self._parser = None
         self._keep_alive = False
+        self._queue.clear()
+        self._body, self._at, self._unread = b"", 0, 0
         if connection is not None:
             connection.close()
 
@@ -520,25 +773,34 @@ class _StrayBytes(Exception):
     """Raised in a parser callback to stop it at bytes that belong to no response of ours."""
 
 
-class _BodyFile:
-    """The body as the file urllib3's response reads from (and decodes): ``read`` fills ``amt`` bytes, as
-    a buffered file does, unless the body ends first."""
+class _Decoding:
+    """A body's Content-Encoding undone as urllib3 does (its decoders, each call bounded by what is asked
+    for, so a small compressed body cannot fill the memory), for :meth:`Response.read`."""
 
-    def __init__(self, response: Response) -> None:
-        self._response = response
+    __slots__ = ("decoded", "decoder")
 
-    @property
-    def closed(self) -> bool:
-        return self._response.closed
+    def __init__(self, headers: HTTPHeaderDict) -> None:
+        coding = headers.get("Content-Encoding", "").lower()
+        known = urllib3.HTTPResponse.CONTENT_DECODERS
+        self.decoder: ContentDecoder | None = None  # None: nothing to decode, or the body has ended
+        if coding in known or ("," in coding and any(part.strip() in known for part in coding.split(","))):
+            self.decoder = _get_decoder(coding)
+        self.decoded = b""  # decoded and not handed out yet
 
-    def read(self, amt: int | None = None) -> bytes:
-        parts: list[bytes] = []
-        wanted = RECV_SIZE if amt is None else amt
-        while wanted > 0 and (chunk := self._response._read_some(min(wanted, RECV_SIZE))):
-            parts.append(chunk)
-            if amt is not None:
-                wanted -= len(chunk)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._response.close()
+    async def read(self, response: Response, amt: int | None) -> bytes:
+        decoded = bytearray(self.decoded)
+        try:
+            while (decoder := self.decoder) is not None and (amt is None or len(decoded) < amt):
+                room = -1 if amt is None else amt - len(decoded)
+                if decoder.has_unconsumed_tail:
+                    decoded += decoder.decompress(b"", max_length=room)
+                elif raw := response._chunk(_ALL):
+                    decoded += decoder.decompress(raw, max_length=room)
+                elif not await response._more():
+                    decoded += decoder.decompress(b"") + decoder.flush()
+                    self.decoder = None
+        except urllib3.HTTPResponse.DECODER_ERROR_CLASSES as exc:
+            raise DecodeError(f"Received a body that does not decode as its Content-Encoding: {exc}", exc) from exc
+        cut = len(decoded) if amt is None else amt
+        self.decoded = bytes(decoded[cut:])
+        return bytes(decoded[:cut])

@@ -94,21 +94,15 @@ _last_good: dict[str, tuple[float, dict[str, Any]]] = {}  # service -> (fetched 
 def _fetch(service: str) -> dict[str, Any]:
     timeout = settings.DOCS_SCHEMA_TIMEOUT
     policy = UpstreamPolicy(connect_timeout=timeout, read_timeout=timeout, deadline=timeout, retries=0)
-    answer = upstream.send(
+    status, content = upstream.fetch(
         service,
-        "GET",
         f"/api/schema/{service}/?format=json",
         headers={"Accept": "application/json", REQUEST_ID_HEADER: get_request_id()},
-        body=None,
         policy=policy,
+        max_bytes=MAX_SCHEMA_BYTES + 1,
     )
-    body = upstream.UpstreamBody(answer)
-    try:
-        content = answer.response.read(MAX_SCHEMA_BYTES + 1, decode_content=True)
-    finally:
-        body.close()
-    if answer.status != 200 or len(content) > MAX_SCHEMA_BYTES:
-        raise ValueError(f"HTTP {answer.status}")
+    if status != 200 or len(content) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"HTTP {status}")
     schema = json.loads(content)
     if not isinstance(schema, dict) or not isinstance(schema.get("paths"), dict):
         raise ValueError("not an OpenAPI document")

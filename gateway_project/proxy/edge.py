@@ -1,46 +1,67 @@
-"""The lean entry point for proxied API requests: the same proxy view, without what only the admin needs.
+"""The gateway's ASGI application: every forwarded ``/api/`` path on the worker's event loop, the rest on
+Django's threads.
 
-``gateway/wsgi.py`` sends every forwarded ``/api/`` path here and everything else (the admin, the
-services' forwarded admin pages and static files, the API docs, ``/api/v1/me/overview``, the config
-center, ``/metrics``, ``/health``) to Django's full handler. Why: on a 2-core machine the gateway's CPU per
-request is its throughput (PERFORMANCE.md, bench/README.md), and a profile of a proxied request spent a
-fifth of it in Django's handler and eleven middleware of which only a few do anything on an API path, plus
-the OpenTelemetry Django middleware (≈ 250 µs: it reads dozens of request attributes and records its own
-metrics). Sessions, CSRF (the proxy view is exempt), authentication, messages and WhiteNoise never touch a
-proxied request: they are left out, nothing else is.
+Why: on a 2-core machine the gateway's CPU per request is its throughput (PERFORMANCE.md,
+bench/README.md). Under gunicorn's gthread worker a forwarder with no feature at all already cost as much
+CPU per request as the whole Express gateway of the seed design (its threads hand every request and
+response to each other and contend for the GIL), and Django's handler and middleware another fifth of
+the gateway's total. gunicorn's ASGI worker serves a request with one coroutine on one thread, and the
+forwarded path here skips Django's handler: :class:`ProxyApp` builds the same request object, runs the
+middleware that acts on an API path and calls :func:`proxy.views.proxy_view_async`.
 
-:class:`ProxyHandler` is still a Django handler (``WSGIHandler``): the same request object, signals,
-error conversion (an unexpected exception is ``common.errors.handler500``'s JSON 500, a suspicious host
-the JSON 400, exactly as on the full stack), response closing and logging. It differs in two ways:
+- :func:`edge_application` dispatches by path: :func:`is_proxied` paths to :class:`ProxyApp`; the admin,
+  the services' forwarded admin pages and static files, the API docs, ``/api/v1/me/overview``, the config
+  center, ``/metrics`` and ``/health`` to Django's full WSGI handler on a pool of threads (a2wsgi), as
+  before. Both see the same WSGI environ gunicorn's WSGI worker made: ``RAW_URI`` (the target as sent,
+  for the path hygiene), a ``PATH_INFO`` decoded the same way, ``SERVER_SOFTWARE``.
+- :class:`ProxyApp` per request: the server span (a new trace's root, the client's ``traceparent`` only
+  linked), the request id, then the layers :data:`EDGE_LAYERS` (path hygiene, CORS, the security and
+  clickjacking headers) around the proxy view, each converting an exception into the response Django's
+  handler would give (``common.errors.handler500``'s JSON 500); it streams the answer to the client and
+  writes the access-log line and metrics once the last byte is out.
 
-- its middleware is :data:`EDGE_MIDDLEWARE`, the full list's entries that act on an API path, in the
-  same order;
-- it calls :func:`proxy.views.proxy_view` without resolving the URL (every path it receives resolves to
-  that view on the full stack; :func:`is_proxied` keeps the gateway's own ``/api/`` views on Django).
-
-The gateway's server span, root of every trace (``common.tracing``), is opened by
-:class:`ServerSpanMiddleware` instead of the Django instrumentation: the same kind, name and link to the
-client's ``traceparent``, with the few attributes worth having.
+What may block runs off the loop: a token not verified recently is checked on a thread (its key set may
+have to be fetched), and Django's own pages run on theirs. Two calls stay on the loop, each bounded: the
+rate-limit store's counter increment (≈ 50 µs on loopback; while the store is down, one request per
+``RATE_LIMIT_STORE_RETRY_AFTER`` waits up to ``RATE_LIMIT_STORE_TIMEOUT``, 0.25 s, to find out whether it
+is back) and, on a breaker's state change only, its write to the shared state (the same bounds). A thread
+hop per request would cost more than either (≈ 50-100 µs of CPU).
 """
 
 from __future__ import annotations
 
+import io
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from django.core.exceptions import ImproperlyConfigured
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.handlers.exception import convert_exception_to_response
-from django.core.handlers.wsgi import WSGIHandler, get_path_info
+from django.core.handlers.wsgi import WSGIRequest
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponseBase
-from django.utils.module_loading import import_string
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils.encoding import repercent_broken_unicode
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from common.request_id import HEADER as REQUEST_ID_HEADER
+from common.request_id import accept_or_generate, reset_request_id, set_request_id
 from common.tracing import CLIENT_CONTEXT_ENVIRON_KEY, REQUEST_ID_ATTRIBUTE, context_from
-from proxy.views import proxy_view
+from proxy.middleware import path_refusal
+from proxy.observability import error_code_of, log_and_count
+from proxy.views import ProxiedResponse, proxy_view_async
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 # The gateway's own views under /api/ (gateway/urls.py lists them before the forwarded prefixes). A path
 # under one of these goes to Django, which resolves it to its own view or, when none matches, to the same
@@ -50,86 +71,236 @@ PROXIED_PREFIX = "/api/"
 # The name Django's instrumentation gives the span: the method and the matched URL pattern (gateway/urls.py
 # routes every forwarded /api/ path with the pattern "^api/").
 SPAN_ROUTE = "^api/"
+# Where the client's W3C trace headers are kept once moved aside (scope key; environ key for Django).
+CLIENT_TRACE_SCOPE_KEY = "shop.client_trace_headers"
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _tracer = trace.get_tracer(__name__)  # resolves to the provider common.tracing installs, whenever it does
-
-# settings.MIDDLEWARE minus what never acts on a proxied API path: the admins' sign-in throttle (admin paths
-# only), WhiteNoise (static files only), sessions, CSRF (the proxy view is csrf_exempt), authentication and
-# messages (the proxy never reads request.user, the session or messages, so they would add nothing to the
-# answer). Same order as the full list.
-EDGE_MIDDLEWARE = (
-    "proxy.edge.ServerSpanMiddleware",
-    "common.request_id.RequestIdMiddleware",
-    "proxy.observability.AccessLogMiddleware",
-    "proxy.middleware.PathHygieneMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-)
 
 
 def is_proxied(path_info: str) -> bool:
-    """Whether the lean handler answers this (decoded) path: every /api/ path but the gateway's own."""
+    """Whether :class:`ProxyApp` answers this (decoded) path: every /api/ path but the gateway's own."""
     return path_info.startswith(PROXIED_PREFIX) and not path_info.startswith(GATEWAY_API_PREFIXES)
 
 
-class ServerSpanMiddleware:
-    """The gateway's SERVER span, a new trace's root, current while the request is handled (error bodies
-    name its trace, the upstream call is its child). The client's own context, moved aside by
-    ``common.tracing.untrusted_trace_context``, is only linked. Without a tracer provider (tests, tracing
-    off) the span is a no-op one."""
+def server_software() -> str:
+    """What gunicorn's WSGI worker put in ``SERVER_SOFTWARE``: the proxy view closes the connection on a
+    body it refused unread only on a server known to honour ``Connection: close`` (gunicorn.conf.py)."""
+    gunicorn = sys.modules.get("gunicorn")
+    return f"gunicorn/{gunicorn.__version__}" if gunicorn is not None else "asgi"
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+
+def wsgi_path(scope: Scope) -> str:
+    """``PATH_INFO`` as gunicorn's WSGI worker made it: the raw path percent-decoded, as Latin-1."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    return unquote_to_bytes(raw_path.decode("latin-1")).decode("latin-1")
+
+
+def environ_from(scope: Scope, *, path_info: str, body: Any, software: str) -> dict[str, Any]:
+    """The WSGI environ gunicorn's WSGI worker built for this request (headers as ``HTTP_*``, repeated
+    ones joined with commas; ``RAW_URI``; the input ended where the body ends)."""
+    query = scope.get("query_string", b"")
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client") or ("", 0)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query.decode("latin-1"),
+        "RAW_URI": raw_uri(scope),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_SOFTWARE": software,
+        "REMOTE_ADDR": str(client[0]),
+        "REMOTE_PORT": str(client[1]),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": body,
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            key = "CONTENT_LENGTH"
+        elif name == b"content-type":
+            key = "CONTENT_TYPE"
+        else:
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        environ[key] = f"{environ[key]},{text}" if key in environ else text
+    carrier = scope.get(CLIENT_TRACE_SCOPE_KEY)
+    if carrier:
+        environ[CLIENT_CONTEXT_ENVIRON_KEY] = carrier
+    return environ
+
+
+def _move_client_trace_headers(scope: Scope) -> None:
+    """The gateway does not trust a client's ``traceparent`` (common/tracing.py): its trace headers are
+    moved aside before anything reads them, every trace starts here, and the client's context is only
+    linked to the gateway's span."""
+    headers = scope["headers"]
+    if any(name in _TRACE_HEADERS for name, _ in headers):
+        scope[CLIENT_TRACE_SCOPE_KEY] = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS
+        }
+        scope["headers"] = [(name, value) for name, value in headers if name not in _TRACE_HEADERS]
+
+
+class _InlineHooks:
+    """A Django middleware of the ``process_request``/``process_response`` kind, its hooks called inline:
+    they only read the request and set headers. (Django's own async path would run each hook on a
+    thread, twice per request.)"""
+
+    def __init__(self, middleware: Any, get_response: Handler) -> None:
+        self.middleware = middleware
         self.get_response = get_response
+        markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        environ = request.META
-        carrier = environ.get(CLIENT_CONTEXT_ENVIRON_KEY)
-        remote = context_from(carrier) if carrier else None
-        links = (
-            [trace.Link(trace.get_current_span(remote).get_span_context(), {"shop.link": "client_traceparent"})]
-            if remote is not None
-            else None
-        )
-        method = request.method or "GET"
-        span = _tracer.start_span(
-            f"{method} {SPAN_ROUTE}",
-            context=otel_context.Context(),  # a root: nothing the client sent is a parent
-            kind=SpanKind.SERVER,
-            links=links,
-            attributes={
-                "http.method": method,
-                "http.route": SPAN_ROUTE,
-                "http.scheme": request.scheme,
-                "http.flavor": environ.get("SERVER_PROTOCOL", "").partition("/")[2],
-                "net.peer.ip": environ.get("REMOTE_ADDR", ""),
-            },
-        )
-        # attach/detach rather than trace.use_span: the same, without two context managers per request.
-        token = otel_context.attach(trace.set_span_in_context(span))
-        request.gateway_server_span = span  # type: ignore[attr-defined]  # for _record_exception
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        if hasattr(self.middleware, "process_request"):
+            response = self.middleware.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self.middleware, "process_response"):
+            response = self.middleware.process_response(request, response)
+        return response
+
+
+class _PathHygiene:
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return path_refusal(request) or await self.get_response(request)
+
+
+def _cors(get_response: Handler) -> Any:
+    from corsheaders.middleware import CorsMiddleware
+
+    return CorsMiddleware(get_response)  # async-capable itself
+
+
+def _security(get_response: Handler) -> Any:
+    return _InlineHooks(SecurityMiddleware(get_response), get_response)
+
+
+def _clickjacking(get_response: Handler) -> Any:
+    return _InlineHooks(XFrameOptionsMiddleware(get_response), get_response)
+
+
+# settings.MIDDLEWARE's entries that act on an API path, in the same order (the request id, access log and
+# server span are the application's own steps, around these): sessions, CSRF (the proxy is csrf_exempt),
+# authentication and messages never touch a proxied request, WhiteNoise and the admins' sign-in throttle
+# act on other paths.
+EDGE_LAYERS: tuple[Callable[[Handler], Any], ...] = (_PathHygiene, _cors, _security, _clickjacking)
+
+
+class ProxyApp:
+    """The ASGI application of the forwarded ``/api/`` paths. ``software``: the server's name as WSGI's
+    ``SERVER_SOFTWARE`` gives it (by default, gunicorn's when gunicorn runs this process)."""
+
+    def __init__(self, *, software: str | None = None) -> None:
+        self.software = software or server_software()
+        handler: Handler = convert_exception_to_response(self._proxy)
+        for layer in reversed(EDGE_LAYERS):
+            wrapped = layer(handler)
+            assert iscoroutinefunction(wrapped), wrapped
+            handler = convert_exception_to_response(wrapped)
+        self._handle = handler
+
+    @staticmethod
+    async def _proxy(request: HttpRequest) -> HttpResponseBase:
+        return await proxy_view_async(request, request.asgi_receive)  # type: ignore[attr-defined]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path_info = scope.get("shop.wsgi_path") or wsgi_path(scope)
+        environ = environ_from(scope, path_info=path_info, body=_NO_INPUT, software=self.software)
+        request = WSGIRequest(environ)
+        request.asgi_receive = receive  # type: ignore[attr-defined]
+        request_id = accept_or_generate(environ.get("HTTP_X_REQUEST_ID"))
+        request.request_id = request_id  # type: ignore[attr-defined]
+        span = _start_server_span(request, environ)
+        span_token = otel_context.attach(trace.set_span_in_context(span))
+        id_token = set_request_id(request_id)
+        # The span and the request id stay current until the access line is written, after the last byte:
+        # the line names its trace, and the span lasts as long as the answer did.
         try:
-            response = self.get_response(request)
+            try:
+                response = await self._handle(request)
+            except BaseException as exc:  # the layers turn exceptions into responses; this is a backstop
+                if span.is_recording():
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            response[REQUEST_ID_HEADER] = request_id
             if span.is_recording():
                 span.set_attribute("http.status_code", response.status_code)
-                request_id = getattr(request, "request_id", None)
-                if request_id:
-                    span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+                span.set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
                 if response.status_code >= 500 and span.status.status_code is StatusCode.UNSET:
                     span.set_status(Status(StatusCode.ERROR))
-            return response
-        except BaseException as exc:  # the layers inside turn exceptions into responses; this is a backstop
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            raise
+            error_code = error_code_of(response)
+            sent = 0
+            try:
+                sent = await _send_response(response, send)
+            finally:
+                if isinstance(response, ProxiedResponse):
+                    response.body_stream.close()  # the upstream connection back to the pool, or closed
+                log_and_count(request, response, request_id, error_code, time.perf_counter() - started, sent)
         finally:
-            otel_context.detach(token)
+            reset_request_id(id_token)
+            otel_context.detach(span_token)
             span.end()
 
 
+class _NoInput(io.RawIOBase):
+    """The WSGI input of a request on the edge: its body is read from the ASGI ``receive`` instead."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return 0
+
+
+_NO_INPUT = _NoInput()
+
+
+def _start_server_span(request: HttpRequest, environ: dict[str, Any]) -> trace.Span:
+    """The gateway's SERVER span, a new trace's root: the client's own context is only linked. Without a
+    tracer provider (tests, tracing off) the span is a no-op one."""
+    carrier = environ.get(CLIENT_CONTEXT_ENVIRON_KEY)
+    remote = context_from(carrier) if carrier else None
+    links = (
+        [trace.Link(trace.get_current_span(remote).get_span_context(), {"shop.link": "client_traceparent"})]
+        if remote is not None
+        else None
+    )
+    method = request.method or "GET"
+    span = _tracer.start_span(
+        f"{method} {SPAN_ROUTE}",
+        context=otel_context.Context(),  # a root: nothing the client sent is a parent
+        kind=SpanKind.SERVER,
+        links=links,
+        attributes={
+            "http.method": method,
+            "http.route": SPAN_ROUTE,
+            "http.scheme": environ["wsgi.url_scheme"],
+            "http.flavor": environ["SERVER_PROTOCOL"].partition("/")[2],
+            "net.peer.ip": environ["REMOTE_ADDR"],
+        },
+    )
+    request.gateway_server_span = span  # type: ignore[attr-defined]  # for _record_exception
+    return span
+
+
 def _record_exception(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
-    """The exception a layer inside turned into a 500, recorded on the lean path's server span (Django
-    sends got_request_exception while it is being handled, so sys.exc_info() still holds it)."""
+    """The exception a layer turned into a 500, recorded on the edge's server span (Django sends
+    got_request_exception while it is being handled, so sys.exc_info() still holds it)."""
     span = getattr(request, "gateway_server_span", None)
     exc = sys.exc_info()[1]
     if span is not None and exc is not None and span.is_recording():
@@ -140,34 +311,83 @@ def _record_exception(sender: Any, request: HttpRequest | None = None, **kwargs:
 got_request_exception.connect(_record_exception, dispatch_uid="proxy.edge.record_exception")
 
 
-class ProxyHandler(WSGIHandler):
-    """Django's WSGI handler with :data:`EDGE_MIDDLEWARE` around :func:`proxy.views.proxy_view`."""
+async def _send_response(response: HttpResponseBase, send: Send) -> int:
+    """Send the response; the bytes of body sent. A proxied body streams as the service sends it, each
+    chunk passed on as it comes, the last one with the end of the response."""
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+    for cookie in response.cookies.values():
+        headers.append((b"set-cookie", cookie.output(header="").strip().encode("latin-1")))
+    if not isinstance(response, ProxiedResponse):
+        body: bytes = response.content  # type: ignore[attr-defined]  # the gateway's own small answers
+        if not response.has_header("Content-Length"):
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return len(body)
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    sent = 0
+    pending: bytes | None = None
+    async for chunk in response.body_stream:
+        if pending is not None:
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
+        pending = chunk
+        sent += len(chunk)
+    await send({"type": "http.response.body", "body": pending or b""})
+    return sent
 
-    def load_middleware(self, is_async: bool = False) -> None:
-        if is_async:
-            raise ImproperlyConfigured("The proxy handler is synchronous (gunicorn gthread).")
-        self._view_middleware: list[Any] = []
-        self._template_response_middleware: list[Any] = []
-        self._exception_middleware: list[Any] = []
-        # Each layer converts an exception into the response Django's handlers give it (JSON 500, JSON 400
-        # for a disallowed host, ...), so the layers outside still see a response, as on the full stack.
-        handler = convert_exception_to_response(self._get_response)
-        for path in reversed(EDGE_MIDDLEWARE):
-            handler = convert_exception_to_response(import_string(path)(handler))
-        self._middleware_chain = handler
 
-    def _get_response(self, request: HttpRequest) -> HttpResponseBase:
-        # No URL resolution: every path this handler is given resolves to the proxy view (see is_proxied).
-        return proxy_view(request)
-
-
-def edge_application(django_app: Callable[..., Any], proxy_app: Callable[..., Any]) -> Callable[..., Any]:
-    """The gateway's WSGI application: proxied API paths to ``proxy_app``, the rest to ``django_app``."""
+def django_side(wsgi_application: Callable[..., Any]) -> Callable[..., Any]:
+    """Django's WSGI handler as a2wsgi calls it, with the environ gunicorn's WSGI worker gave it."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        # The same decoded path Django's URL resolver and the proxy view read (request.path_info).
-        if is_proxied(get_path_info(environ) or "/"):
-            return proxy_app(environ, start_response)
-        return django_app(environ, start_response)
+        scope = environ["asgi.scope"]
+        environ.update(
+            {
+                "PATH_INFO": scope.get("shop.wsgi_path") or wsgi_path(scope),
+                "RAW_URI": raw_uri(scope),
+                "SERVER_SOFTWARE": server_software(),
+                "wsgi.input_terminated": True,  # a2wsgi's input ends where the body ends
+            }
+        )
+        carrier = scope.get(CLIENT_TRACE_SCOPE_KEY)
+        if carrier:
+            environ[CLIENT_CONTEXT_ENVIRON_KEY] = carrier
+        return wsgi_application(environ, start_response)
 
     return application
+
+
+def raw_uri(scope: Scope) -> str:
+    """The request target as the client sent it (gunicorn's ``RAW_URI``)."""
+    query = scope.get("query_string", b"")
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    return (raw_path + b"?" + query if query else raw_path).decode("latin-1")
+
+
+def edge_application(django_app: ASGIApp, proxy_app: ASGIApp) -> ASGIApp:
+    """The gateway's ASGI application: proxied API paths to ``proxy_app``, the rest to ``django_app``."""
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            _move_client_trace_headers(scope)
+            path_info = scope["shop.wsgi_path"] = wsgi_path(scope)
+            # The same decoded path Django's URL resolver and the proxy view read (request.path_info).
+            if is_proxied(repercent_broken_unicode(path_info.encode("latin-1")).decode()):
+                await proxy_app(scope, receive, send)
+            else:
+                await django_app(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        # websocket: not served; returning closes it
+
+    return application
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

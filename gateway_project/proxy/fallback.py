@@ -22,12 +22,12 @@ A stale answer carries ``X-Cache: stale``, ``Age`` (seconds since it was copied)
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import urllib3
 from django.conf import settings
@@ -45,7 +45,7 @@ def _key(service: str, target: str) -> str:
     return f"stale{_generation}:{service}:{hashlib.sha256(target.encode()).hexdigest()}"
 
 
-def wants_copy(service: str, target: str, response: urllib3.BaseHTTPResponse) -> str | None:
+def wants_copy(service: str, target: str, response: Copyable) -> str | None:
     """The cache key to copy this answer under, or None when no copy is due or allowed."""
     if response.status != 200 or "set-cookie" in response.headers:
         return None
@@ -82,12 +82,19 @@ def _within_budget(service: str) -> bool:
     return taken <= settings.STALE_MAX_COPIES
 
 
-def copying(key: str, response: urllib3.BaseHTTPResponse, chunks: Iterator[bytes]) -> Iterator[bytes]:
+class Copyable(Protocol):
+    """What a copy is taken of: a service's answer (proxy/connections.py), its body being streamed."""
+
+    status: int
+    headers: urllib3.HTTPHeaderDict
+
+
+async def copying(key: str, response: Copyable, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Pass the body through, keeping it when it was read to its end within the size limit."""
     kept: list[bytes] = []
     size = 0
     limit = settings.STALE_MAX_BYTES
-    for chunk in chunks:
+    async for chunk in chunks:
         if size <= limit:
             size += len(chunk)
             kept.append(chunk)
@@ -100,7 +107,39 @@ def copying(key: str, response: urllib3.BaseHTTPResponse, chunks: Iterator[bytes
             logger.warning("could not keep a stale copy: %s", exc)
 
 
-def stale_copy(service: str, target: str) -> urllib3.HTTPResponse | None:
+class StoredResponse:
+    """A stale copy, with the part of proxy/connections.py's response API the proxy uses."""
+
+    def __init__(self, headers: urllib3.HTTPHeaderDict, body: bytes) -> None:
+        self.status = 200
+        self.reason = "OK"
+        self.headers = headers
+        self._body = body
+        self.closed = False
+
+    async def stream(self, amt: int) -> AsyncIterator[bytes]:
+        body, self._body = self._body, b""
+        self.closed = True
+        for start in range(0, len(body), amt):
+            yield body[start : start + amt]
+
+    async def read(self, amt: int | None = None) -> bytes:
+        body = self._body[:amt] if amt is not None else self._body
+        self._body = self._body[len(body) :]
+        self.closed = not self._body
+        return body
+
+    async def drain_conn(self) -> None:
+        self._body, self.closed = b"", True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release_conn(self) -> None:
+        pass
+
+
+def stale_copy(service: str, target: str) -> StoredResponse | None:
     try:
         found = cache.get(_key(service, target))
     except Exception as exc:  # a cache failure means no copy, not a different error
@@ -113,14 +152,7 @@ def stale_copy(service: str, target: str) -> urllib3.HTTPResponse | None:
     if age > settings.STALE_MAX_AGE:
         return None
     extra = [("X-Cache", "stale"), ("Age", str(age)), ("Warning", '110 - "Response is Stale"')]
-    return urllib3.HTTPResponse(
-        body=io.BytesIO(body),
-        headers=urllib3.HTTPHeaderDict([*headers, *extra]),
-        status=200,
-        reason="OK",
-        preload_content=False,
-        decode_content=False,
-    )
+    return StoredResponse(urllib3.HTTPHeaderDict([*headers, *extra]), body)
 
 
 def reset() -> None:

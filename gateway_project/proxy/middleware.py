@@ -15,8 +15,13 @@ class PathHygieneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        raw_path = raw_target(request).partition("?")[0]
-        if not is_safe_path(raw_path, request.path):
-            # The access log records the refusal (error "invalid_path"), never the attacker's path text.
-            return error_response(400, "invalid_path", "The request path is not acceptable.")
-        return self.get_response(request)
+        return path_refusal(request) or self.get_response(request)
+
+
+def path_refusal(request: HttpRequest) -> HttpResponseBase | None:
+    """The 400 for an unsafe path; None for a safe one."""
+    raw_path = raw_target(request).partition("?")[0]
+    if not is_safe_path(raw_path, request.path):
+        # The access log records the refusal (error "invalid_path"), never the attacker's path text.
+        return error_response(400, "invalid_path", "The request path is not acceptable.")
+    return None

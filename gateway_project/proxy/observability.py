@@ -53,7 +53,7 @@ def route_label(request: HttpRequest) -> str:
     return "unmatched"
 
 
-def _error_code(response: HttpResponseBase) -> str | None:
+def error_code_of(response: HttpResponseBase) -> str | None:
     """The code of a gateway-made error envelope (small, JSON, not streamed); None otherwise."""
     if response.status_code < 400 or response.streaming:
         return None
@@ -95,10 +95,10 @@ class AccessLogMiddleware:
         response = self.get_response(request)
         # The request id's context ends with the middleware above; a streamed body outlives it.
         request_id = response.get(REQUEST_ID_HEADER) or get_request_id()
-        error_code = _error_code(response)
+        error_code = error_code_of(response)
 
         def finish(sent: int) -> None:
-            _log_and_count(request, response, request_id, error_code, time.perf_counter() - started, sent)
+            log_and_count(request, response, request_id, error_code, time.perf_counter() - started, sent)
 
         if isinstance(response, FileResponse):
             # A static file: left to the server's sendfile, and its length is known.
@@ -111,7 +111,7 @@ class AccessLogMiddleware:
         return response
 
 
-def _log_and_count(
+def log_and_count(
     request: HttpRequest,
     response: HttpResponseBase,
     request_id: str,

@@ -76,18 +76,15 @@ class _Caller:
             ),
         }
         try:
-            answer = upstream.send(service, "GET", target, headers=headers, body=None, policy=self.policy)
+            status, content = upstream.fetch(
+                service, target, headers=headers, policy=self.policy, max_bytes=MAX_PART_BYTES + 1
+            )
         except ApplicationError as exc:
             raise PartFailed(f"{service}: {exc.code}") from exc
-        body = upstream.UpstreamBody(answer)
-        try:
-            content = answer.response.read(MAX_PART_BYTES + 1, decode_content=True)
         except Exception as exc:  # a broken or timed-out body: urllib3 raises several kinds
             raise PartFailed(f"{service}: body unreadable") from exc
-        finally:
-            body.close()
-        if answer.status != 200 or len(content) > MAX_PART_BYTES:
-            raise PartFailed(f"{service}: HTTP {answer.status}")
+        if status != 200 or len(content) > MAX_PART_BYTES:
+            raise PartFailed(f"{service}: HTTP {status}")
         try:
             return json.loads(content)
         except ValueError as exc:

@@ -1,9 +1,9 @@
-"""Calls to the services. :func:`send` (proxied requests, the docs' schemas, the overview's parts) goes over
-keep-alive sockets kept per thread whose responses llhttp parses (proxy/connections.py): a request through
-the gateway should cost little more than the service's own work, and such a call costs ≈ 145 µs of CPU
-where ``http.client`` costs ≈ 280-340, urllib3 390-460 and ``requests`` several times that (PERFORMANCE.md,
-bench/README.md). The health checks use one urllib3 pool per instance, shared by a worker's threads
-(:func:`connection_pool`).
+"""Calls to the services. :func:`send` (the proxied requests) is a coroutine on the gateway worker's event
+loop: keep-alive connections of that loop whose responses llhttp parses (proxy/connections.py), so a
+request through the gateway costs little more than the service's own work (bench/README.md). Django's
+views run on threads: their calls (the forwarded admin pages, the overview's parts, the docs' schemas) go
+through :func:`send_blocking` and :func:`fetch`, which run the same coroutine on a loop thread of the
+process (:data:`bridge`). The health checks use one urllib3 pool per instance (:func:`connection_pool`).
 
 One call, :func:`send`: the service's circuit breaker admits it (proxy/breakers.py), the balancer picks an
 instance (proxy/balancer.py), and a failure (connection refused or broken, timeout, 502/503/504) is tried
@@ -15,9 +15,15 @@ with a recent copy (proxy/fallback.py) rather than an error.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import functools
+import os
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import urllib3
 from django.conf import settings
@@ -39,6 +45,7 @@ from proxy.routes import DEFAULT_UPSTREAM, UpstreamPolicy
 CHUNK_SIZE = 64 * 1024
 _tracer = trace.get_tracer(__name__)
 RETRIED_STATUSES = frozenset({502, 503, 504})
+T = TypeVar("T")
 
 
 class CircuitOpen(UpstreamUnavailable):
@@ -76,7 +83,7 @@ class Answer:
 
     def __init__(
         self,
-        response: connections.Response | urllib3.BaseHTTPResponse,  # the latter: a stale copy
+        response: connections.Response | fallback.StoredResponse,
         *,
         instance: str,
         on_close: Callable[[], None] | None = None,
@@ -96,7 +103,7 @@ class Answer:
             on_close()
 
 
-def send(
+async def send(
     service: str,
     method: str,
     target: str,
@@ -106,15 +113,15 @@ def send(
     policy: UpstreamPolicy = DEFAULT_UPSTREAM,
     anonymous: bool = False,
 ) -> Answer:
-    """Send the request and return the answer with its body still unread (stream it, then
-    :class:`UpstreamBody` releases the connection). Failures raise the upstream errors of
+    """Send the request and return the answer with its body still unread (stream it with
+    :class:`UpstreamBody`, which releases the connection). Failures raise the upstream errors of
     :mod:`common.errors`: 503 when nothing reached the service (:class:`CircuitOpen` while its breaker
     is open), 504 when it did not answer in time, 502 when the exchange broke."""
     # The feature.stale_fallback flag (config center, default on) switches the fallback off for every
     # route at runtime: then no copy is served, nor taken.
     stale = policy.stale_fallback and method == "GET" and runtime_config.value("feature.stale_fallback") is not False
     try:
-        answer = _send(service, method, target, headers=headers, body=body, policy=policy)
+        answer = await _send(service, method, target, headers=headers, body=body, policy=policy)
     except (UpstreamUnavailable, UpstreamTimeout, UpstreamError):
         if stale and (copy := fallback.stale_copy(service, target)):
             return Answer(copy, instance="stale-copy")
@@ -128,7 +135,7 @@ def send(
     return answer
 
 
-def _send(
+async def _send(
     service: str, method: str, target: str, *, headers: dict[str, str], body: bytes | None, policy: UpstreamPolicy
 ) -> Answer:
     deadline = time.monotonic() + (policy.deadline or settings.UPSTREAM_DEADLINE)
@@ -163,7 +170,7 @@ def _send(
             raise UpstreamTimeout(details={"service": service, "reason": "deadline"})
         failure: ApplicationError
         try:
-            response = _attempt(
+            response = await _attempt(
                 instance.url,
                 method,
                 target,
@@ -179,29 +186,40 @@ def _send(
             failure = UpstreamTimeout(details={"service": service})
         except (ProtocolError, HTTPError):  # the connection broke mid-exchange
             failure = UpstreamError(details={"service": service})
-        except BaseException:  # anything unforeseen must not leak a probe slot or an outstanding count
+        except BaseException:  # anything unforeseen (a cancelled request too) must not leak a probe slot
             instances.release(instance)
             breaker.cancel(probe)
             raise
         else:
             breaker.record(success=response.status < 500, probe=probe)
-            if response.status not in RETRIED_STATUSES or not _may_retry(retried, allowed_retries, budget, deadline):
+            if response.status not in RETRIED_STATUSES or not await _may_retry(
+                retried, allowed_retries, budget, deadline
+            ):
                 return Answer(response, instance=instance.url, on_close=functools.partial(instances.release, instance))
-            response.drain_conn()
-            response.release_conn()
+            await _discard(response)
             instances.release(instance)
             retried += 1
             continue
         breaker.record(success=False, probe=probe)
         instances.release(instance)
-        if not _may_retry(retried, allowed_retries, budget, deadline):
+        if not await _may_retry(retried, allowed_retries, budget, deadline):
             if time.monotonic() >= deadline:
                 raise UpstreamTimeout(details={"service": service, "reason": "deadline"}) from failure
             raise failure
         retried += 1
 
 
-def _attempt(
+async def _discard(response: connections.Response) -> None:
+    """Drop a response that will not be passed on (one about to be retried): its connection is reused
+    when the rest of its body arrives in time, closed otherwise."""
+    try:
+        await response.drain_conn()
+    except (ProtocolError, HTTPError):
+        response.close()
+    response.release_conn()
+
+
+async def _attempt(
     base_url: str,
     method: str,
     target: str,
@@ -212,9 +230,21 @@ def _attempt(
     read_timeout: float,
 ) -> connections.Response:
     """One call to one instance (proxy/connections.py), in a CLIENT span of the request's trace whose
-    context goes along in ``traceparent``: no instrumentation watches a plain socket, and the urllib3
+    context goes along in ``traceparent``: no instrumentation watches our connections, and the urllib3
     one cost ≈ 200 µs per call (it binds urlopen's signature, records three metric histograms and builds a
-    dozen attributes)."""
+    dozen attributes). In a trace that is not sampled (``OTEL_TRACES_SAMPLER``) no span is made: the
+    server span's context goes along instead, marked not sampled, so the services record nothing either."""
+    if not trace.get_current_span().is_recording():
+        propagate.inject(headers)
+        return await connections.request(
+            base_url,
+            method,
+            target,
+            headers=headers,
+            body=body,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
     span = _tracer.start_span(
         method,
         kind=SpanKind.CLIENT,
@@ -222,7 +252,7 @@ def _attempt(
     )
     propagate.inject(headers, context=trace.set_span_in_context(span))  # replaces a previous attempt's
     try:
-        response = connections.request(
+        response = await connections.request(
             base_url,
             method,
             target,
@@ -245,28 +275,28 @@ def _attempt(
     return response
 
 
-def _may_retry(retried: int, allowed: int, budget: retries.RetryBudget, deadline: float) -> bool:
+async def _may_retry(retried: int, allowed: int, budget: retries.RetryBudget, deadline: float) -> bool:
     """Whether another attempt is allowed; if so, after its jittered backoff has been waited out."""
     if retried >= allowed:
         return False
     pause = retries.backoff(retried + 1)
     if time.monotonic() + pause >= deadline or not budget.try_retry():
         return False
-    time.sleep(pause)
+    await asyncio.sleep(pause)
     return True
 
 
 class UpstreamBody:
-    """The service's response body as an iterable for StreamingHttpResponse, which calls ``close`` when
-    the client has it (or went away): a fully read connection goes back to the pool, a partly read one is
-    closed, since what is left of the body would be taken for the next response."""
+    """The service's response body as an async iterable; :meth:`close` once the client has it (or went
+    away): a fully read connection goes back to the pool, a partly read one is closed, since what is left
+    of the body would be taken for the next response."""
 
     def __init__(self, answer: Answer) -> None:
         self._answer = answer
         self._response = answer.response
 
-    def __iter__(self) -> Iterator[bytes]:
-        chunks = self._response.stream(CHUNK_SIZE, decode_content=False)
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._response.stream(CHUNK_SIZE)
         if self._answer.copy_key:
             return fallback.copying(self._answer.copy_key, self._response, chunks)
         return chunks
@@ -276,6 +306,113 @@ class UpstreamBody:
             self._response.close()
         self._response.release_conn()
         self._answer.closed()
+
+
+# -- calls from Django's threads ----------------------------------------------------------------------------
+#
+# The proxy's connections belong to an event loop. Django's views run on threads (the forwarded admin pages
+# and static files, the overview, the docs' schemas): their calls run on one event loop per process kept by
+# a thread of its own, :data:`bridge`, with the caller's context (request id, trace) carried over.
+
+
+class LoopThread:
+    """An event loop on a daemon thread, started on first use (after a fork too), that runs coroutines
+    for threads that have none."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name=self.name, daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop in the calling thread's context and wait for its result."""
+        loop = self.loop()
+        context = contextvars.copy_context()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = loop.create_task(coroutine, context=context)
+            task.add_done_callback(functools.partial(_copy_outcome, done))
+
+        loop.call_soon_threadsafe(start)
+        return done.result()
+
+
+def _copy_outcome(done: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if task.cancelled():
+        done.cancel()
+    elif (exc := task.exception()) is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(task.result())
+
+
+bridge = LoopThread("upstream-bridge")
+
+
+def send_blocking(
+    service: str,
+    method: str,
+    target: str,
+    *,
+    headers: dict[str, str],
+    body: bytes | None,
+    policy: UpstreamPolicy = DEFAULT_UPSTREAM,
+    anonymous: bool = False,
+) -> Answer:
+    """:func:`send` for a thread: read the answer's body with :class:`BlockingBody`."""
+    return bridge.run(send(service, method, target, headers=headers, body=body, policy=policy, anonymous=anonymous))
+
+
+class BlockingBody:
+    """:class:`UpstreamBody` for a thread (a StreamingHttpResponse of Django's, which calls ``close``)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self._body = UpstreamBody(answer)
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = aiter(self._body)
+        while True:
+            try:
+                yield bridge.run(anext(chunks))
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        bridge.run(_close(self._body))  # transports are closed on their own loop
+
+
+async def _close(body: UpstreamBody) -> None:
+    body.close()
+
+
+async def _fetch(
+    service: str, target: str, *, headers: dict[str, str], policy: UpstreamPolicy, max_bytes: int
+) -> tuple[int, bytes]:
+    answer = await send(service, "GET", target, headers=headers, body=None, policy=policy)
+    body = UpstreamBody(answer)
+    try:
+        return answer.status, await answer.response.read(max_bytes)
+    finally:
+        body.close()
+
+
+def fetch(
+    service: str, target: str, *, headers: dict[str, str], policy: UpstreamPolicy, max_bytes: int
+) -> tuple[int, bytes]:
+    """GET ``target`` from a thread: the status and at most ``max_bytes`` of the body (more than
+    ``max_bytes - 1`` means it was longer). Raises the upstream errors of :func:`send`, and urllib3's
+    ``ProtocolError``/``ReadTimeoutError`` when the body broke off or stalled."""
+    return bridge.run(_fetch(service, target, headers=headers, policy=policy, max_bytes=max_bytes))
 
 
 def upstreams_status() -> dict[str, object]:

@@ -1,20 +1,23 @@
-"""The proxy: one plain Django view for every forwarded path, and the system's health.
+"""The proxy: one view for every forwarded path, and the system's health.
 
 Per request the proxy matches the route, checks the method, verifies the access token (locally, no
 network), reads the body within the size limit, mints the service assertion and streams the service's
-answer back. It never touches the database, the session or the user, and it reads the WSGI input
-itself, so no middleware parses the body of a proxied request.
+answer back. It never touches the database, the session or the user, and it reads the body itself, so no
+middleware parses the body of a proxied request.
 
-Forwarded ``/api/`` paths reach :func:`proxy_view` through the lean handler of ``proxy/edge.py`` (chosen in
-``gateway/wsgi.py``: no URL resolution, only the middleware that acts on an API path); the forwarded admin
-pages and static files of the services through Django's full handler and ``gateway/urls.py``.
+It comes in two forms with the same steps (:class:`_Outcome` holds what they share):
+:func:`proxy_view_async` on the worker's event loop for every forwarded ``/api/`` path (proxy/edge.py,
+without Django's handler), and :func:`proxy_view` on Django's threads for the forwarded admin pages and
+static files of the services, which Django's full handler routes here (gateway/urls.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,13 +37,15 @@ from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import get_request_id
 from common.tokens import TokenError
 from proxy import hygiene, ratelimit, upstream
-from proxy.auth import bearer_claims
+from proxy.auth import bearer_claims, cached_claims
 from proxy.client_address import client_address, forwarded_proto
 from proxy.headers import forwarded_request_headers, returned_response_headers
 from proxy.paths import raw_target
 from proxy.routes import Route, match_route
 
 logger = logging.getLogger(__name__)
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]  # an ASGI receive callable
 
 
 class RouteNotFound(ApplicationError):
@@ -91,9 +96,10 @@ class ProxiedResponse(StreamingHttpResponse):
     """A service's response, streamed. Django keeps one value per header name, so the service's
     Set-Cookie lines are kept apart and handed to the server as they came."""
 
-    def __init__(self, *args: Any, set_cookies: list[str], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, body_stream: Any, *args: Any, set_cookies: list[str], **kwargs: Any) -> None:
+        super().__init__(body_stream, *args, **kwargs)
         self.set_cookies = set_cookies
+        self.body_stream = body_stream  # the edge streams it itself (proxy/edge.py)
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         return [*self.headers.items(), *(("Set-Cookie", value) for value in self.set_cookies)]
@@ -101,43 +107,112 @@ class ProxiedResponse(StreamingHttpResponse):
 
 @csrf_exempt
 def proxy_view(request: HttpRequest) -> HttpResponseBase:
-    target = raw_target(request)
-    route = match_route(request.path_info)
-    user_id: int | None = None
-    quota: ratelimit.Quota | None = None
+    """The proxy on a Django thread: the paths Django's full handler forwards (the services' admin pages and
+    static files). Every ``/api/`` path is answered by :func:`proxy_view_async` on the event loop."""
+    outcome = _Outcome(request)
     try:
+        outcome.admit(_authenticate(request, outcome.checked_route()))
+        body = _read_body(request.META, hygiene.body_limit(outcome.route))
+        headers = _upstream_headers(request, outcome, body)
+        answer = upstream.send_blocking(
+            outcome.route.service,
+            request.method or "GET",
+            outcome.target,
+            headers=headers,
+            body=body or None,
+            policy=outcome.route.upstream,
+            anonymous=outcome.user_id is None,
+        )
+        response = _proxied_response(request, outcome.route, answer, upstream.BlockingBody(answer))
+    except ApplicationError as exc:
+        response = outcome.refusal(exc)
+    return outcome.finish(response)
+
+
+async def proxy_view_async(request: HttpRequest, receive: Receive) -> HttpResponseBase:
+    """The proxy on the event loop (proxy/edge.py): every forwarded ``/api/`` path. The same steps as
+    :func:`proxy_view`; the body comes from the ASGI ``receive`` and the answer streams from the loop's
+    own connection."""
+    outcome = _Outcome(request)
+    try:
+        route = outcome.checked_route()
+        outcome.admit(await _authenticate_async(request, route))
+        body = await _receive_body(request.META, receive, hygiene.body_limit(route))
+        headers = _upstream_headers(request, outcome, body)
+        answer = await upstream.send(
+            route.service,
+            request.method or "GET",
+            outcome.target,
+            headers=headers,
+            body=body or None,
+            policy=route.upstream,
+            anonymous=outcome.user_id is None,
+        )
+        response = _proxied_response(request, route, answer, upstream.UpstreamBody(answer))
+    except ApplicationError as exc:
+        response = outcome.refusal(exc)
+    return outcome.finish(response)
+
+
+class _Outcome:
+    """One proxied request's checks and what they found, shared by the two forms of the proxy view."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self.target = raw_target(request)
+        self.found_route = match_route(request.path_info)
+        self.user_id: int | None = None
+        self.is_staff = False
+        self.quota: ratelimit.Quota | None = None
+        self.host = ""
+
+    @property
+    def route(self) -> Route:
+        assert self.found_route is not None  # checked_route() has been called
+        return self.found_route
+
+    def checked_route(self) -> Route:
+        """The route, once the method and header size are acceptable for it."""
+        route = self.found_route
         if route is None:
             raise RouteNotFound()
-        if request.method not in route.methods:
+        if self.request.method not in route.methods:
             raise MethodNotAllowed(details={"allowed": sorted(route.methods)})
-        hygiene.check_header_size(request.META, route)
-        user_id, is_staff = _authenticate(request, route)
-        quota = ratelimit.consume(request, route, user_id=user_id)  # after authentication: keyed by user
-        if quota is not None:
-            quota.enforce()  # 429, or 503 when a fail-closed route cannot count
-        host = _allowed_host(request)
-        response = _forward(request, route, target, host=host, user_id=user_id, is_staff=is_staff)
-    except ApplicationError as exc:
-        if quota is None and route is not None:
+        hygiene.check_header_size(self.request.META, route)
+        return route
+
+    def admit(self, identity: tuple[int | None, bool]) -> None:
+        """Count the request (after authentication: keyed by user) and check its Host."""
+        self.user_id, self.is_staff = identity
+        self.quota = ratelimit.consume(self.request, self.route, user_id=self.user_id)
+        if self.quota is not None:
+            self.quota.enforce()  # 429, or 503 when a fail-closed route cannot count
+        self.host = _allowed_host(self.request)
+
+    def refusal(self, exc: ApplicationError) -> HttpResponseBase:
+        if self.quota is None and self.found_route is not None:
             # Refused before it was counted (bad token, wrong method): it still counts, by address.
-            quota = ratelimit.consume(request, route, user_id=None)
+            self.quota = ratelimit.consume(self.request, self.found_route, user_id=None)
         response = error_response(exc.status_code, exc.code, exc.message, exc.details)
         for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
             response[name] = value
-        if getattr(exc, "closes_connection", False) and _server_honours_close(request.META):
+        if getattr(exc, "closes_connection", False) and _server_honours_close(self.request.META):
             response["Connection"] = "close"
         if isinstance(exc, MethodNotAllowed):
             response["Allow"] = ", ".join(sorted(exc.details["allowed"]))
         elif exc.status_code == 401:
             response["WWW-Authenticate"] = 'Bearer error="invalid_token"' if isinstance(exc, TokenError) else "Bearer"
-    if quota is not None:
-        quota.annotate(response)
-    if route is not None:
-        hygiene.annotate_version(response, route)
-    # For the access log and the metrics (proxy/observability.py), which see the final response.
-    request.gateway_route = route  # type: ignore[attr-defined]
-    request.gateway_user_id = user_id  # type: ignore[attr-defined]
-    return response
+        return response
+
+    def finish(self, response: HttpResponseBase) -> HttpResponseBase:
+        if self.quota is not None:
+            self.quota.annotate(response)
+        if self.found_route is not None:
+            hygiene.annotate_version(response, self.found_route)
+        # For the access log and the metrics (proxy/observability.py), which see the final response.
+        self.request.gateway_route = self.found_route  # type: ignore[attr-defined]
+        self.request.gateway_user_id = self.user_id  # type: ignore[attr-defined]
+        return response
 
 
 def _authenticate(request: HttpRequest, route: Route) -> tuple[int | None, bool]:
@@ -153,9 +228,18 @@ def _authenticate(request: HttpRequest, route: Route) -> tuple[int | None, bool]
     return None, False
 
 
+async def _authenticate_async(request: HttpRequest, route: Route) -> tuple[int | None, bool]:
+    """:func:`_authenticate` without blocking the loop: a token verified recently is a dictionary lookup;
+    a new one is verified on a thread, since it may need the user service's keys fetched first."""
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    if route.auth == "none" or not authorization or cached_claims(authorization) is not None:
+        return _authenticate(request, route)
+    return await asyncio.get_running_loop().run_in_executor(None, _authenticate, request, route)
+
+
 def _server_honours_close(environ: dict[str, Any]) -> bool:
-    """Whether the server is gunicorn, which gunicorn.conf.py teaches to close the connection on the
-    application's ``Connection: close``. PEP 3333 leaves hop-by-hop headers to the server, and others
+    """Whether the server closes the connection on the application's ``Connection: close``: gunicorn,
+    which gunicorn.conf.py teaches to. PEP 3333 leaves hop-by-hop headers to the server, and others
     refuse them (wsgiref, under ``runserver``, turns the answer into a 500) or drop them: no such header
     goes to a server not known to honour it."""
     return str(environ.get("SERVER_SOFTWARE", "")).startswith("gunicorn/")
@@ -172,9 +256,10 @@ def _allowed_host(request: HttpRequest) -> str:
         raise InvalidHost() from exc
 
 
-def _read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """At most ``limit`` bytes of the body, straight from the WSGI input. A declared length over the
-    limit is refused unread; a chunked body is read one byte past the limit to tell it is too long."""
+def _body_length(environ: dict[str, Any], limit: int) -> int | None:
+    """How much of the body to read: its declared length, ``limit + 1`` for a body the server de-chunks
+    (one byte past the limit tells it is too long), or None for no body. Refuses a declared length over
+    the limit unread, and a request with two framings."""
     declared = environ.get("CONTENT_LENGTH")
     if declared and "HTTP_TRANSFER_ENCODING" in environ:
         # Two framings for one body is how requests are smuggled past a proxy.
@@ -182,14 +267,20 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     if declared:
         if not declared.isdigit():
             raise BadRequest("The Content-Length header is invalid.")
-        to_read = int(declared)
-        if to_read > limit:
+        if int(declared) > limit:
             raise PayloadTooLarge(details={"max_bytes": limit})
-    elif environ.get("wsgi.input_terminated"):
-        # The server (gunicorn) ends the input where the body ends, chunked or absent.
-        to_read = limit + 1
-    else:
-        return b""  # no Content-Length and no server-side framing: no body
+        return int(declared)
+    if environ.get("wsgi.input_terminated"):
+        # The server (gunicorn; the ASGI edge) ends the input where the body ends, chunked or absent.
+        return limit + 1
+    return None  # no Content-Length and no server-side framing: no body
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, straight from the WSGI input."""
+    to_read = _body_length(environ, limit)
+    if to_read is None:
+        return b""
     stream = environ["wsgi.input"]
     chunks: list[bytes] = []
     received = 0
@@ -207,39 +298,54 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _forward(
-    request: HttpRequest, route: Route, target: str, *, host: str, user_id: int | None, is_staff: bool
-) -> HttpResponseBase:
+async def _receive_body(environ: dict[str, Any], receive: Receive, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, from the ASGI messages; counted as they arrive, so a chunked
+    body is refused once it passes the limit, without being read to its end."""
+    if _body_length(environ, limit) is None:
+        return b""
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client went away mid-body
+            raise BadRequest("The request body could not be read.")
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(details={"max_bytes": limit})
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _upstream_headers(request: HttpRequest, outcome: _Outcome, body: bytes) -> dict[str, str]:
     environ = request.META
-    body = _read_body(environ, hygiene.body_limit(route))
     request_id = get_request_id()
     headers = forwarded_request_headers(environ, own_cookies=(settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME))
     headers[REQUEST_ID_HEADER] = request_id
     headers["X-Forwarded-For"] = client_address(environ)
     headers["X-Forwarded-Proto"] = forwarded_proto(environ)
-    headers["X-Forwarded-Host"] = host
+    headers["X-Forwarded-Host"] = outcome.host
     headers[ASSERTION_HEADER] = mint_assertion(
         issuer=settings.SERVICE_NAME,
-        audience=route.service,
+        audience=outcome.route.service,
         secret=settings.INTERNAL_AUTH_SECRET,
-        user_id=user_id,
-        is_staff=is_staff,
+        user_id=outcome.user_id,
+        is_staff=outcome.is_staff,
         request_id=request_id,
     )
     if body or "CONTENT_LENGTH" in environ or "HTTP_TRANSFER_ENCODING" in environ:
         headers["Content-Length"] = str(len(body))
+    return headers
 
-    answer = upstream.send(
-        route.service,
-        request.method or "GET",
-        target,
-        headers=headers,
-        body=body or None,
-        policy=route.upstream,
-        anonymous=user_id is None,
-    )
+
+def _proxied_response(
+    request: HttpRequest,
+    route: Route,
+    answer: upstream.Answer,
+    body_stream: upstream.UpstreamBody | upstream.BlockingBody,
+) -> HttpResponseBase:
     request.gateway_upstream = answer.instance  # type: ignore[attr-defined]  # for the access log
-    body_stream = upstream.UpstreamBody(answer)
     try:
         response_headers, set_cookies = returned_response_headers(answer.headers)
         response = ProxiedResponse(

@@ -1,5 +1,6 @@
-"""Real gateways for the resilience tests: gunicorn (gthread, as the launcher runs it) in its own process,
-configured through its environment like a deployment, and real upstream processes to stop and restart."""
+"""Real gateways for the resilience tests: gunicorn (its ASGI worker and ``gateway.asgi``, as the launcher
+runs it) in its own process, configured through its environment like a deployment, and real upstream
+processes to stop and restart."""
 
 from __future__ import annotations
 
@@ -73,9 +74,9 @@ def gateway_process(
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     command = [
-        sys.executable, "-m", "gunicorn", "gateway.wsgi:application",
+        sys.executable, "-m", "gunicorn", "gateway.asgi:application",
         "--bind", f"fd://{listener.fileno()}",
-        "--worker-class", "gthread", "--workers", str(workers), "--threads", "4",
+        "--worker-class", "asgi", "--workers", str(workers),
         "--graceful-timeout", "2",
         "--no-control-socket",
     ]  # fmt: skip
@@ -86,8 +87,8 @@ def gateway_process(
     gateway = GatewayProcess(listener.getsockname()[1], log_path, process)
     try:
         deadline = time.monotonic() + 60
-        while True:  # every worker up: each logs "Booting worker"
-            if gateway.log().count("Booting worker") >= workers:
+        while True:  # every worker serving: each ASGI worker logs this once its event loop accepts connections
+            if gateway.log().count("ASGI server listening on") >= workers:
                 status, _, _ = gateway.request("GET", "/api/v1/nothing/")
                 if status == 404:
                     break

@@ -90,48 +90,46 @@ def test_a_saved_version_reaches_every_worker_within_the_bound_and_survives_an_u
     stubs: dict[str, StubUpstream], tmp_path: Path
 ) -> None:
     run = uuid.uuid4().hex[:8]
-    with (
-        config_editor(tmp_path) as set_rate,
-        running_gateway(
+    with config_editor(tmp_path) as set_rate:
+        set_rate("50/minute")  # before the gateway starts: each worker loads the current version as it boots
+        with running_gateway(
             stubs, tmp_path, RATE_LIMIT_DEFAULT="100/minute", CONFIG_POLL_INTERVAL=str(POLL_INTERVAL)
-        ) as gateway,
-    ):
-        set_rate("50/minute")  # before any limited request: each worker loads it with its first one
-        # given both workers serving version 1 (the settings' 100/minute is only the default)
-        # (until both have answered: on a busy machine the second worker can still be booting for a while)
-        warm_until = time.monotonic() + 20
-        for index in itertools.count():
-            assert quota(gateway, f"/api/v1/products/{run}-warm-{index}/") == 50
-            if len(set(served_by(tmp_path).values())) == 2 or time.monotonic() > warm_until:
-                break
-            time.sleep(0.02)
-        assert len(set(served_by(tmp_path).values())) == 2
+        ) as gateway:
+            # given both workers serving version 1 (the settings' 100/minute is only the default)
+            # (until both have answered: on a busy machine the second worker can still be booting for a while)
+            warm_until = time.monotonic() + 20
+            for index in itertools.count():
+                assert quota(gateway, f"/api/v1/products/{run}-warm-{index}/") == 50
+                if len(set(served_by(tmp_path).values())) == 2 or time.monotonic() > warm_until:
+                    break
+                time.sleep(0.02)
+            assert len(set(served_by(tmp_path).values())) == 2
 
-        # when a new version is saved
-        committed_at = set_rate("20/minute")
+            # when a new version is saved
+            committed_at = set_rate("20/minute")
 
-        # then every request answered after the bound, by either worker, uses it
-        after_bound: list[tuple[str, int]] = []
-        while time.time() < committed_at + BOUND + 0.7:
-            sent_at = time.time()
-            path = f"/api/v1/products/{run}-{len(after_bound)}-{sent_at:.3f}/"
-            seen = quota(gateway, path)
-            if sent_at >= committed_at + BOUND:
-                after_bound.append((path, seen))
-            else:
-                assert seen in (50, 20)
-            time.sleep(0.01)
-        workers = served_by(tmp_path)
-        assert after_bound
-        assert all(seen == 20 for _, seen in after_bound), after_bound
-        assert len({workers[path] for path, _ in after_bound}) == 2  # both workers answered after the bound
+            # then every request answered after the bound, by either worker, uses it
+            after_bound: list[tuple[str, int]] = []
+            while time.time() < committed_at + BOUND + 0.7:
+                sent_at = time.time()
+                path = f"/api/v1/products/{run}-{len(after_bound)}-{sent_at:.3f}/"
+                seen = quota(gateway, path)
+                if sent_at >= committed_at + BOUND:
+                    after_bound.append((path, seen))
+                else:
+                    assert seen in (50, 20)
+                time.sleep(0.01)
+            workers = served_by(tmp_path)
+            assert after_bound
+            assert all(seen == 20 for _, seen in after_bound), after_bound
+            assert len({workers[path] for path, _ in after_bound}) == 2  # both workers answered after the bound
 
-        # and when the config center's database cannot be read, the workers keep the last good version
-        for suffix in ("", "-wal", "-shm"):
-            database = tmp_path / f"gateway.sqlite3{suffix}"
-            if database.exists():
-                database.rename(tmp_path / f"moved.sqlite3{suffix}")
-        time.sleep(BOUND)
-        for index in range(10):
-            assert quota(gateway, f"/api/v1/products/{run}-down-{index}/") == 20
-        assert "config center unreadable, keeping version 2" in gateway.log()
+            # and when the config center's database cannot be read, the workers keep the last good version
+            for suffix in ("", "-wal", "-shm"):
+                database = tmp_path / f"gateway.sqlite3{suffix}"
+                if database.exists():
+                    database.rename(tmp_path / f"moved.sqlite3{suffix}")
+            time.sleep(BOUND)
+            for index in range(10):
+                assert quota(gateway, f"/api/v1/products/{run}-down-{index}/") == 20
+            assert "config center unreadable, keeping version 2" in gateway.log()

@@ -1,29 +1,26 @@
-"""The WSGI dispatch (proxy/edge.py): forwarded API paths go to the lean proxy handler, everything else to
-Django's full handler, and both give the same answer to an API request."""
+"""The ASGI dispatch (proxy/edge.py): forwarded API paths go to the edge's proxy application on the event
+loop, everything else to Django's full handler on threads, and both give the same answer to an API
+request."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from wsgiref.handlers import SimpleHandler
 
 import pytest
+from a2wsgi import WSGIMiddleware
 from django.core.handlers.wsgi import WSGIHandler
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
-from django.test import RequestFactory
 from django.urls import resolve
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
-from common.tracing import REQUEST_ID_ATTRIBUTE, untrusted_trace_context
+from common.tracing import REQUEST_ID_ATTRIBUTE
 from proxy import edge, upstream, views
 from proxy.routes import ROUTES
+from proxy.tests.asgi import Answer, call
 from proxy.tests.upstream_stub import StubUpstream
 
 ORIGIN = "https://shop.example"
@@ -31,51 +28,31 @@ REQUEST_ID = "dispatch-test-0001"
 
 
 class Recorded:
-    """A WSGI app that notes it was called, then hands over to the real one."""
+    """An ASGI app that notes it was called, then hands over to the real one."""
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: edge.ASGIApp) -> None:
         self.app = app
         self.paths: list[str] = []
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        self.paths.append(environ["PATH_INFO"])
-        return self.app(environ, start_response)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        await self.app(scope, receive, send)
 
 
-def call(app: Callable[..., Any], method: str, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
-    """One request through a WSGI app, as a server would make it: start_response, iterate, close."""
-    environ = RequestFactory().generic(method, path, headers=headers).environ
-    started: list[Any] = []
-
-    def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        started.append((int(status.split()[0]), dict(response_headers)))
-
-    with database_connection_kept():
-        body: Iterable[bytes] = app(environ, start_response)
-        try:
-            content = b"".join(body)
-        finally:
-            getattr(body, "close", lambda: None)()
-    status, response_headers = started[0]
-    return status, response_headers, content
+def django_asgi() -> edge.ASGIApp:
+    """Django's full handler as gateway/asgi.py serves it."""
+    return WSGIMiddleware(edge.django_side(WSGIHandler()), workers=2)
 
 
-@contextlib.contextmanager
-def database_connection_kept() -> Iterator[None]:
-    """As Django's test client does: the handlers' signals must not close the test's database connection."""
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        yield
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
+def full_stack(method: str, path: str, **headers: str) -> Answer:
+    """Only Django's full handler, for every path (as under a WSGI server)."""
+    return call(django_asgi(), method, path, headers=headers)
 
 
 @pytest.fixture
-def apps(settings: Any) -> tuple[Callable[..., Any], Recorded, Recorded]:
+def apps(settings: Any) -> tuple[edge.ASGIApp, Recorded, Recorded]:
     settings.CORS_ALLOWED_ORIGINS = [ORIGIN]
-    django_app, proxy_app = Recorded(WSGIHandler()), Recorded(edge.ProxyHandler())
+    django_app, proxy_app = Recorded(django_asgi()), Recorded(edge.ProxyApp())
     return edge.edge_application(django_app, proxy_app), django_app, proxy_app
 
 
@@ -88,7 +65,7 @@ def apps(settings: Any) -> tuple[Callable[..., Any], Recorded, Recorded]:
         "/api/v1/me/",
     ],
 )
-def test_every_path_the_lean_handler_takes_resolves_to_the_proxy_view(path: str) -> None:
+def test_every_path_the_edge_takes_resolves_to_the_proxy_view(path: str) -> None:
     assert edge.is_proxied(path)
     assert resolve(path).func is views.proxy_view
 
@@ -116,21 +93,21 @@ def test_the_gateways_own_paths_and_the_forwarded_web_pages_stay_on_django(path:
     assert not edge.is_proxied(path)
 
 
-def test_api_requests_take_the_lean_handler_and_the_rest_django(
-    apps: tuple[Callable[..., Any], Recorded, Recorded], orders: StubUpstream, bearer: dict[str, str]
+def test_api_requests_take_the_edge_and_the_rest_django(
+    apps: tuple[edge.ASGIApp, Recorded, Recorded], orders: StubUpstream, bearer: dict[str, str]
 ) -> None:
     application, django_app, proxy_app = apps
 
-    proxied, headers, body = call(application, "GET", "/api/v1/orders/", **bearer)
-    live, _, _ = call(application, "GET", "/health/live/")
-    login, _, _ = call(application, "GET", "/admin/login/")
-    docs, _, _ = call(application, "GET", "/api/docs/")
+    proxied = call(application, "GET", "/api/v1/orders/", headers=bearer)
+    live = call(application, "GET", "/health/live/")
+    login = call(application, "GET", "/admin/login/")
+    docs = call(application, "GET", "/api/docs/")
 
-    assert (proxied, json.loads(body)["service"]) == (200, "orders")
-    assert headers["X-Content-Type-Options"] == "nosniff"  # Django's security middlewares still apply
-    assert headers["X-Frame-Options"] == "DENY"
-    assert headers["X-Request-ID"]
-    assert (live, login, docs) == (200, 200, 200)
+    assert (proxied.status, json.loads(proxied.body)["service"]) == (200, "orders")
+    assert proxied.header("X-Content-Type-Options") == "nosniff"  # Django's security middlewares still apply
+    assert proxied.header("X-Frame-Options") == "DENY"
+    assert proxied.header("X-Request-ID")
+    assert (live.status, login.status, docs.status) == (200, 200, 200)
     assert proxy_app.paths == ["/api/v1/orders/"]
     assert django_app.paths == ["/health/live/", "/admin/login/", "/api/docs/"]
 
@@ -147,7 +124,7 @@ def test_api_requests_take_the_lean_handler_and_the_rest_django(
         ("GET", "/api/v9/unknown/", False, {}),  # no route
     ],
 )
-def test_the_lean_handler_answers_exactly_as_the_full_django_stack(
+def test_the_edge_answers_exactly_as_the_full_django_stack(
     settings: Any,
     orders: StubUpstream,
     bearer: dict[str, str],
@@ -159,20 +136,23 @@ def test_the_lean_handler_answers_exactly_as_the_full_django_stack(
     settings.CORS_ALLOWED_ORIGINS = [ORIGIN]
     headers = {"X-Request-ID": REQUEST_ID, **headers, **(bearer if with_token else {})}
 
-    full = call(WSGIHandler(), method, path, **headers)
-    lean = call(edge.ProxyHandler(), method, path, **headers)
+    full = full_stack(method, path, **headers)
+    lean = call(edge.ProxyApp(), method, path, headers=headers)
 
-    def comparable(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, dict[str, str], bytes]:
-        status, response_headers, body = answer
-        # the second request was counted once more against the same quota
-        return status, {name: value for name, value in response_headers.items() if name != "RateLimit"}, body
+    def comparable(answer: Answer) -> tuple[int, dict[str, str], bytes]:
+        # the second request was counted once more against the same quota; the edge gives its own small
+        # answers a Content-Length (else the server would chunk them); Django's full handler may add a
+        # Vary: Cookie (sessions) the edge never has reason to
+        ignored = ("ratelimit", "content-length", "vary")
+        kept = {name.lower(): value for name, value in answer.header_list if name.lower() not in ignored}
+        return answer.status, kept, answer.body
 
     assert comparable(lean) == comparable(full)
-    assert lean[1]["X-Request-ID"] == REQUEST_ID
+    assert lean.header("X-Request-ID") == REQUEST_ID
 
 
-def test_an_unexpected_exception_on_the_lean_path_is_a_json_500_with_the_request_id(
-    apps: tuple[Callable[..., Any], Recorded, Recorded],
+def test_an_unexpected_exception_on_the_edge_is_a_json_500_with_the_request_id(
+    apps: tuple[edge.ASGIApp, Recorded, Recorded],
     orders: StubUpstream,
     bearer: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -183,32 +163,32 @@ def test_an_unexpected_exception_on_the_lean_path_is_a_json_500_with_the_request
     monkeypatch.setattr(views, "mint_assertion", broken)  # a fault injected in the middle of the proxy view
     application, _, proxy_app = apps
 
-    status, headers, body = call(application, "GET", "/api/v1/orders/", **{**bearer, "X-Request-ID": REQUEST_ID})
+    answer = call(application, "GET", "/api/v1/orders/", headers={**bearer, "X-Request-ID": REQUEST_ID})
 
     assert proxy_app.paths == ["/api/v1/orders/"]
-    assert status == 500
-    assert headers["Content-Type"] == "application/json"
-    assert headers["X-Request-ID"] == REQUEST_ID
-    assert json.loads(body)["error"]["code"] == "internal_error"
-    assert b"RuntimeError" not in body
-    assert b"Traceback" not in body
+    assert answer.status == 500
+    assert answer.header("Content-Type") == "application/json"
+    assert answer.header("X-Request-ID") == REQUEST_ID
+    assert json.loads(answer.body)["error"]["code"] == "internal_error"
+    assert b"RuntimeError" not in answer.body
+    assert b"Traceback" not in answer.body
     assert orders.received == []
 
 
-def test_a_disallowed_host_on_the_lean_path_is_a_json_400_with_the_rate_limit_headers(
-    apps: tuple[Callable[..., Any], Recorded, Recorded], orders: StubUpstream, bearer: dict[str, str]
+def test_a_disallowed_host_on_the_edge_is_a_json_400_with_the_rate_limit_headers(
+    apps: tuple[edge.ASGIApp, Recorded, Recorded], orders: StubUpstream, bearer: dict[str, str]
 ) -> None:
     application, _, _ = apps
 
-    status, headers, body = call(application, "GET", "/api/v1/orders/", **{**bearer, "Host": "evil.example"})
+    answer = call(application, "GET", "/api/v1/orders/", headers={**bearer, "Host": "evil.example"})
 
-    assert status == 400
-    assert json.loads(body)["error"]["code"] == "invalid_host"
-    assert headers["RateLimit"].startswith('"default";')
+    assert answer.status == 400
+    assert json.loads(answer.body)["error"]["code"] == "invalid_host"
+    assert (answer.header("RateLimit") or "").startswith('"default";')
     assert orders.received == []
 
 
-def test_the_lean_path_makes_the_server_span_root_of_the_trace_and_the_upstream_call_its_child(
+def test_the_edge_makes_the_server_span_root_of_the_trace_and_the_upstream_call_its_child(
     orders: StubUpstream, bearer: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a tracer recording in memory (the processes get theirs from common.tracing.configure_tracing)
@@ -217,14 +197,14 @@ def test_the_lean_path_makes_the_server_span_root_of_the_trace_and_the_upstream_
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(edge, "_tracer", provider.get_tracer("test"))
     monkeypatch.setattr(upstream, "_tracer", provider.get_tracer("test"))
-    application = untrusted_trace_context(edge.ProxyHandler())
+    application = edge.edge_application(django_asgi(), edge.ProxyApp())
     client_trace = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
 
     # when a client that traces calls the API
-    status, _, _ = call(application, "GET", "/api/v1/orders/", traceparent=client_trace, **bearer)
+    answer = call(application, "GET", "/api/v1/orders/", headers={"traceparent": client_trace, **bearer})
 
     # then the gateway's server span starts a new trace, linking the client's context only
-    assert status == 200
+    assert answer.status == 200
     spans = {span.kind: span for span in exporter.get_finished_spans()}
     assert len(spans) == len(exporter.get_finished_spans()) == 2
     server_span, client_span = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
@@ -242,7 +222,29 @@ def test_the_lean_path_makes_the_server_span_root_of_the_trace_and_the_upstream_
     assert sent.startswith(f"00-{server_span.context.trace_id:032x}-{client_span.context.span_id:016x}-")
 
 
-def test_an_unexpected_exception_is_recorded_on_the_lean_paths_server_span(
+def test_a_trace_the_sampler_leaves_out_records_no_span_and_tells_the_service_so(
+    orders: StubUpstream, bearer: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a sampler that records no trace (production samples a share: OTEL_TRACES_SAMPLER)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(edge, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(upstream, "_tracer", provider.get_tracer("test"))
+
+    # when
+    answer = call(edge.ProxyApp(), "GET", "/api/v1/orders/", headers=bearer)
+
+    # then nothing is recorded, and the service is told the trace is not sampled, so it records nothing
+    assert answer.status == 200
+    assert exporter.get_finished_spans() == ()
+    version, trace_id, _, flags = orders.received[0].headers["traceparent"].split("-")
+    assert version == "00"
+    assert int(flags, 16) & 0x01 == 0  # the sampled flag (0x02 is W3C's random trace id flag)
+    assert int(trace_id, 16) != 0
+
+
+def test_an_unexpected_exception_is_recorded_on_the_edges_server_span(
     orders: StubUpstream, bearer: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     exporter = InMemorySpanExporter()
@@ -255,32 +257,61 @@ def test_an_unexpected_exception_is_recorded_on_the_lean_paths_server_span(
 
     monkeypatch.setattr(views, "mint_assertion", broken)
 
-    status, _, _ = call(untrusted_trace_context(edge.ProxyHandler()), "GET", "/api/v1/orders/", **bearer)
+    answer = call(edge.ProxyApp(), "GET", "/api/v1/orders/", headers=bearer)
 
-    assert status == 500
+    assert answer.status == 500
     (server_span,) = exporter.get_finished_spans()
     assert server_span.status.status_code is StatusCode.ERROR
     assert server_span.status.description == "RuntimeError: a bug"
     assert [event.attributes["exception.type"] for event in server_span.events] == ["RuntimeError"]
 
 
-def test_under_a_server_other_than_gunicorn_a_refused_body_is_answered_without_a_hop_by_hop_header(
-    bearer: dict[str, str], settings: Any
-) -> None:
-    # given the lean handler run by wsgiref, as runserver runs it (wsgiref asserts that an application sets
-    # no hop-by-hop header, which would make the answer a 500), and a body declared over the limit
+def test_a_body_refused_unread_on_the_edge_closes_the_connection(bearer: dict[str, str], settings: Any) -> None:
+    # given a body declared over the limit: the rest of it is still on its way on the client's connection
     settings.MAX_REQUEST_BODY_BYTES = 100
-    environ = RequestFactory().generic("POST", "/api/v1/orders/", headers=bearer).environ
-    environ.update(CONTENT_LENGTH="101", CONTENT_TYPE="application/json", SERVER_SOFTWARE="WSGIServer/0.2")
-    output = io.BytesIO()
-    errors = io.StringIO()
-    server = SimpleHandler(io.BytesIO(), output, errors, environ)
+    headers = {**bearer, "Content-Length": "101", "Content-Type": "application/json"}
 
-    # when
-    with database_connection_kept():
-        server.run(edge.ProxyHandler())
+    # when the edge runs under gunicorn, or under another server
+    on_gunicorn = call(
+        edge.ProxyApp(software="gunicorn/27.0.1"), "POST", "/api/v1/orders/", headers=headers, body=b"x" * 101
+    )
+    elsewhere = call(edge.ProxyApp(software="uvicorn"), "POST", "/api/v1/orders/", headers=headers, body=b"x" * 101)
 
-    # then
-    status_line, _, rest = output.getvalue().partition(b"\r\n")
-    assert status_line.split()[1] == b"413", errors.getvalue()
-    assert b"Connection" not in rest.partition(b"\r\n\r\n")[0]
+    # then gunicorn (gunicorn.conf.py) is told to close it rather than read and discard the rest; a server
+    # not known to honour the header is not given a hop-by-hop header it may refuse
+    assert (on_gunicorn.status, elsewhere.status) == (413, 413)
+    assert on_gunicorn.header("Connection") == "close"
+    assert elsewhere.header("Connection") is None
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(
+    bearer: dict[str, str], settings: Any, orders: StubUpstream
+) -> None:
+    settings.MAX_REQUEST_BODY_BYTES = 100
+    headers = {**bearer, "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+
+    answer = call(edge.ProxyApp(), "POST", "/api/v1/orders/", headers=headers, body=[b"x" * 60, b"x" * 60, b"x" * 60])
+
+    assert answer.status == 413
+    assert json.loads(answer.body)["error"]["details"] == {"max_bytes": 100}
+    assert orders.received == []
+
+
+def test_a_client_gone_mid_body_is_a_400_and_nothing_is_forwarded(bearer: dict[str, str], orders: StubUpstream) -> None:
+    headers = {**bearer, "Content-Length": "50", "Content-Type": "application/json"}
+
+    answer = call(edge.ProxyApp(), "POST", "/api/v1/orders/", headers=headers, body=b"{", disconnect_after_body=True)
+
+    assert answer.status == 400
+    assert orders.received == []
+
+
+def test_a_body_within_the_limit_reaches_the_service_whole(bearer: dict[str, str], orders: StubUpstream) -> None:
+    payload = json.dumps({"items": [{"product_id": 1, "quantity": 2}]}).encode()
+    headers = {**bearer, "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+
+    answer = call(edge.ProxyApp(), "POST", "/api/v1/orders/", headers=headers, body=[payload[:10], payload[10:]])
+
+    assert answer.status in (200, 201)
+    assert orders.received[0].body == payload
+    assert orders.received[0].headers["Content-Length"] == str(len(payload))

@@ -76,9 +76,9 @@ def edge(stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactor
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     command = [
-        sys.executable, "-m", "gunicorn", "gateway.wsgi:application",
+        sys.executable, "-m", "gunicorn", "gateway.asgi:application",
         "--bind", f"fd://{listener.fileno()}",
-        "--worker-class", "gthread", "--workers", "2", "--threads", "4",
+        "--worker-class", "asgi", "--workers", "2",
         "--graceful-timeout", "2",
         "--no-control-socket",
     ]  # fmt: skip

@@ -1,5 +1,5 @@
-"""End to end: the gateway under a real gunicorn (gthread, as the launcher runs it), spoken to with raw
-HTTP so that paths and framing reach it exactly as an attacker would send them."""
+"""End to end: the gateway under a real gunicorn (its ASGI worker and ``gateway.asgi``, as the launcher runs
+it), spoken to with raw HTTP so that paths and framing reach it exactly as an attacker would send them."""
 
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ def gateway(stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFac
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     command = [
-        sys.executable, "-m", "gunicorn", "gateway.wsgi:application",
+        sys.executable, "-m", "gunicorn", "gateway.asgi:application",
         "--bind", f"fd://{listener.fileno()}",
-        "--worker-class", "gthread", "--workers", "1", "--threads", "4",
+        "--worker-class", "asgi", "--workers", "1",
         "--graceful-timeout", "2",
         "--no-control-socket",  # the default path in $HOME would be shared with any other gunicorn
     ]  # fmt: skip
@@ -176,7 +176,7 @@ def test_the_raw_path_and_query_are_forwarded_without_decoding(
     assert principal.id == 7
     assert headers["X-Request-ID"] == "e2e-request-0001"
     assert len(headers.get_all("Date") or []) == 1
-    assert headers.get_all("Server") == ["gunicorn"]
+    assert headers.get_all("Server") == ["gunicorn/asgi"]  # gunicorn's own (its ASGI worker's), not the service's
 
 
 def test_hop_by_hop_headers_are_dropped_both_ways(gateway: Gateway, orders: StubUpstream) -> None:

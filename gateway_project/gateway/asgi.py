@@ -1,0 +1,32 @@
+"""The gateway's ASGI application, as gunicorn's ASGI worker loads it in each worker
+(``gunicorn gateway.asgi:application --worker-class asgi``, see manage_all.py).
+
+Every forwarded ``/api/`` path is answered on the worker's event loop by :class:`proxy.edge.ProxyApp`;
+everything else by Django's full WSGI handler on a pool of ``GATEWAY_DJANGO_THREADS`` threads (a2wsgi), as
+under a WSGI server. proxy/edge.py says why; bench/README.md what it saves.
+"""
+
+import os
+
+from a2wsgi import WSGIMiddleware
+from django.conf import settings
+from django.core.wsgi import get_wsgi_application
+
+from common.tracing import configure_tracing
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+
+# gunicorn imports this module in each worker, after the fork: every worker gets its own exporter thread.
+# Before get_wsgi_application(): the Django instrumentation adds its middleware to the settings.
+configure_tracing(settings.SERVICE_NAME, trust_incoming_context=False)
+django_application = get_wsgi_application()  # sets Django up: the proxy modules need the app registry
+
+from configcenter import runtime as runtime_config  # noqa: E402  (imports models' apps, after setup)
+from proxy.edge import ProxyApp, django_side, edge_application  # noqa: E402
+
+# Before the worker's event loop serves: the first load of the runtime configuration reads the database.
+runtime_config.start()
+
+application = edge_application(
+    WSGIMiddleware(django_side(django_application), workers=settings.GATEWAY_DJANGO_THREADS), ProxyApp()
+)
