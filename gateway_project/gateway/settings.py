@@ -126,6 +126,9 @@ UPSTREAM_READ_TIMEOUT = config("UPSTREAM_READ_TIMEOUT", default=15.0, cast=float
 # Pooled keep-alive connections per upstream for the gateway's own calls (health, docs, overview); more
 # concurrent calls open extra, short-lived ones. Proxied requests keep one connection per worker thread.
 UPSTREAM_POOL_SIZE = config("UPSTREAM_POOL_SIZE", default=32, cast=int)
+# Forwarded requests a worker answers at once (each holds a connection to a service while it lasts); past
+# it, 503 gateway_busy with Retry-After at once (proxy/views.py GatewayBusy). Below the open-files limit.
+GATEWAY_MAX_IN_FLIGHT = config("GATEWAY_MAX_IN_FLIGHT", default=512, cast=int)
 # Threads per worker for what Django answers (gateway/asgi.py): admin, docs, overview, health, config center.
 GATEWAY_DJANGO_THREADS = config("GATEWAY_DJANGO_THREADS", default=8, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)

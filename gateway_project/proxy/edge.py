@@ -30,6 +30,7 @@ hop per request would cost more than either (≈ 50-100 µs of CPU).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 import time
@@ -38,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIRequest
 from django.core.signals import got_request_exception
@@ -205,6 +207,7 @@ class ProxyApp:
 
     def __init__(self, *, software: str | None = None) -> None:
         self.software = software or server_software()
+        self.in_flight = 0  # requests this application is answering (one event loop: no lock)
         handler: Handler = convert_exception_to_response(self._proxy)
         for layer in reversed(EDGE_LAYERS):
             wrapped = layer(handler)
@@ -212,11 +215,18 @@ class ProxyApp:
             handler = convert_exception_to_response(wrapped)
         self._handle = handler
 
-    @staticmethod
-    async def _proxy(request: HttpRequest) -> HttpResponseBase:
-        return await proxy_view_async(request, request.asgi_receive)  # type: ignore[attr-defined]
+    async def _proxy(self, request: HttpRequest) -> HttpResponseBase:
+        busy = self.in_flight > settings.GATEWAY_MAX_IN_FLIGHT
+        return await proxy_view_async(request, request.asgi_receive, busy=busy)  # type: ignore[attr-defined]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.in_flight += 1
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path_info = scope.get("shop.wsgi_path") or wsgi_path(scope)
         environ = environ_from(scope, path_info=path_info, body=_NO_INPUT, software=self.software)
@@ -246,7 +256,7 @@ class ProxyApp:
             error_code = error_code_of(response)
             sent = 0
             try:
-                sent = await _send_response(response, send)
+                sent = await _send_response(response, send, receive)
             finally:
                 if isinstance(response, ProxiedResponse):
                     response.body_stream.close()  # the upstream connection back to the pool, or closed
@@ -311,9 +321,11 @@ def _record_exception(sender: Any, request: HttpRequest | None = None, **kwargs:
 got_request_exception.connect(_record_exception, dispatch_uid="proxy.edge.record_exception")
 
 
-async def _send_response(response: HttpResponseBase, send: Send) -> int:
+async def _send_response(response: HttpResponseBase, send: Send, receive: Receive) -> int:
     """Send the response; the bytes of body sent. A proxied body streams as the service sends it, each
-    chunk passed on as it comes, the last one with the end of the response."""
+    chunk passed on as it comes, the last one with the end of the response. Once a body takes more than one
+    chunk, the client's connection is watched: when the client goes away, the rest of the service's answer
+    is not read (an endless one would otherwise be read for ever, the server dropping every chunk)."""
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
     for cookie in response.cookies.values():
         headers.append((b"set-cookie", cookie.output(header="").strip().encode("latin-1")))
@@ -327,13 +339,28 @@ async def _send_response(response: HttpResponseBase, send: Send) -> int:
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     sent = 0
     pending: bytes | None = None
-    async for chunk in response.body_stream:
-        if pending is not None:
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
-        pending = chunk
-        sent += len(chunk)
-    await send({"type": "http.response.body", "body": pending or b""})
-    return sent
+    client_gone: asyncio.Future[None] | None = None
+    try:
+        async for chunk in response.body_stream:
+            if pending is not None:
+                if client_gone is None:
+                    client_gone = asyncio.ensure_future(_disconnected(receive))
+                elif client_gone.done():
+                    return sent  # the body is left unread: its connection is closed, not reused
+                await send({"type": "http.response.body", "body": pending, "more_body": True})
+                sent += len(pending)
+            pending = chunk
+        await send({"type": "http.response.body", "body": pending or b""})
+        return sent + len(pending or b"")
+    finally:
+        if client_gone is not None:
+            client_gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (what is left of a request body is skipped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def django_side(wsgi_application: Callable[..., Any]) -> Callable[..., Any]:

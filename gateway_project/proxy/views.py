@@ -92,6 +92,17 @@ class InvalidHost(ApplicationError):
     message = "The Host header names no host this gateway serves."
 
 
+class GatewayBusy(ApplicationError):
+    """This worker already has ``GATEWAY_MAX_IN_FLIGHT`` forwarded requests open: each holds a connection
+    to a service (a file descriptor) for as long as it lasts, and nothing else bounds them on an event
+    loop. Shed at once, before any work, rather than queued."""
+
+    status_code = 503
+    code = "gateway_busy"
+    message = "The gateway is handling as many requests as it can; try again shortly."
+    headers = {"Retry-After": "1"}
+
+
 class ProxiedResponse(StreamingHttpResponse):
     """A service's response, streamed. Django keeps one value per header name, so the service's
     Set-Cookie lines are kept apart and handed to the server as they came."""
@@ -129,12 +140,14 @@ def proxy_view(request: HttpRequest) -> HttpResponseBase:
     return outcome.finish(response)
 
 
-async def proxy_view_async(request: HttpRequest, receive: Receive) -> HttpResponseBase:
+async def proxy_view_async(request: HttpRequest, receive: Receive, *, busy: bool = False) -> HttpResponseBase:
     """The proxy on the event loop (proxy/edge.py): every forwarded ``/api/`` path. The same steps as
     :func:`proxy_view`; the body comes from the ASGI ``receive`` and the answer streams from the loop's
-    own connection."""
+    own connection. ``busy``: the worker has as many requests open as it allows (:class:`GatewayBusy`)."""
     outcome = _Outcome(request)
     try:
+        if busy:
+            raise GatewayBusy()
         route = outcome.checked_route()
         outcome.admit(await _authenticate_async(request, route))
         body = await _receive_body(request.META, receive, hygiene.body_limit(route))

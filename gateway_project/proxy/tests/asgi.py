@@ -61,7 +61,13 @@ def scope_for(
     }
 
 
-async def _call(app: ASGIApp, scope: dict[str, Any], body_parts: list[bytes], disconnect_after_body: bool) -> Answer:
+async def _call(
+    app: ASGIApp,
+    scope: dict[str, Any],
+    body_parts: list[bytes],
+    disconnect_after_body: bool,
+    disconnect_after_chunks: int | None,
+) -> Answer:
     incoming = [
         {"type": "http.request", "body": part, "more_body": i < len(body_parts) - 1}
         for i, part in enumerate(body_parts)
@@ -82,11 +88,13 @@ async def _call(app: ASGIApp, scope: dict[str, Any], body_parts: list[bytes], di
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
+        if disconnect_after_chunks is not None and len(chunks) >= disconnect_after_chunks:
+            return  # as gunicorn does once the client is gone: nothing is sent, nothing fails
         if message["type"] == "http.response.start":
             start.update(message)
         else:
             chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
+            if not message.get("more_body", False) or len(chunks) == disconnect_after_chunks:
                 disconnected.set()
 
     if disconnect_after_body:
@@ -106,14 +114,26 @@ def call(
     body: bytes | list[bytes] = b"",
     client: str = "127.0.0.1",
     disconnect_after_body: bool = False,
+    disconnect_after_chunks: int | None = None,
 ) -> Answer:
     """One request through ``app`` on a new event loop. ``body`` as a list: one ``http.request`` message
-    per part, as a chunked body arrives."""
+    per part, as a chunked body arrives. ``disconnect_after_body``: the client goes away before its body
+    ends; ``disconnect_after_chunks``: once it has that many chunks of the answer's body."""
     parts = body if isinstance(body, list) else ([body] if body else [])
     with database_connection_kept():
-        return asyncio.run(
-            _call(app, scope_for(method, target, headers or {}, client=client), parts, disconnect_after_body)
-        )
+        scope = scope_for(method, target, headers or {}, client=client)
+        return asyncio.run(_call(app, scope, parts, disconnect_after_body, disconnect_after_chunks))
+
+
+def call_together(app: ASGIApp, requests: list[tuple[str, str, dict[str, str]]]) -> list[Answer]:
+    """Several requests (method, target, headers) through ``app`` at once, on one event loop."""
+
+    async def together() -> list[Answer]:
+        scopes = [scope_for(method, target, headers, client="127.0.0.1") for method, target, headers in requests]
+        return list(await asyncio.gather(*(_call(app, scope, [], False, None) for scope in scopes)))
+
+    with database_connection_kept():
+        return asyncio.run(together())
 
 
 @contextlib.contextmanager

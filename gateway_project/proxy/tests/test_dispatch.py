@@ -5,6 +5,9 @@ request."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from common.tracing import REQUEST_ID_ATTRIBUTE
 from proxy import edge, upstream, views
 from proxy.routes import ROUTES
-from proxy.tests.asgi import Answer, call
+from proxy.tests.asgi import Answer, call, call_together
 from proxy.tests.upstream_stub import StubUpstream
 
 ORIGIN = "https://shop.example"
@@ -315,3 +318,67 @@ def test_a_body_within_the_limit_reaches_the_service_whole(bearer: dict[str, str
     assert answer.status in (200, 201)
     assert orders.received[0].body == payload
     assert orders.received[0].headers["Content-Length"] == str(len(payload))
+
+
+class EndlessService:
+    """A service whose answer does not end (a chunk every few milliseconds, as an event stream; it gives
+    up after 2000, so that a gateway that waited for the end fails the test rather than hanging it): it
+    notes when the gateway closes the connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.chunks_sent = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while self.chunks_sent < 2000:
+                    conn.sendall(b"6\r\ndata:x\r\n")
+                    self.chunks_sent += 1
+                    time.sleep(0.005)
+            except OSError:
+                self.closed.set()
+
+
+def test_a_client_gone_mid_stream_stops_the_services_answer_being_read(bearer: dict[str, str], settings: Any) -> None:
+    # given a service whose answer never ends
+    service = EndlessService()
+    settings.UPSTREAMS = {**settings.UPSTREAMS, "orders": service.url}
+
+    # when the client goes away after a few chunks
+    answer = call(edge.ProxyApp(), "GET", "/api/v1/orders/", headers=bearer, disconnect_after_chunks=3)
+
+    # then the client had the first chunks while the service was still sending (streamed, not buffered),
+    # and the gateway stops reading the answer and closes its connection to the service
+    assert answer.status == 200
+    assert answer.body_messages == 3
+    assert answer.body
+    assert answer.body == b"data:x" * (len(answer.body) // 6)
+    assert service.closed.wait(5)
+    assert service.chunks_sent < 200  # a second of it at most, not for ever
+
+
+def test_past_its_in_flight_limit_a_worker_sheds_requests_at_once_with_503_and_retry_after(
+    bearer: dict[str, str], settings: Any, orders: StubUpstream
+) -> None:
+    # given a worker allowed one request at a time, and a slow service
+    settings.GATEWAY_MAX_IN_FLIGHT = 1
+    orders.reply("/api/v1/orders/slow/", delay=0.5)
+    app = edge.ProxyApp()
+
+    # when a second request comes while the first is open
+    slow, shed = call_together(app, [("GET", "/api/v1/orders/slow/", bearer), ("GET", "/api/v1/orders/other/", bearer)])
+
+    # then the first is answered and the second refused without reaching the service
+    assert slow.status == 200
+    assert (shed.status, shed.header("Retry-After")) == (503, "1")
+    assert json.loads(shed.body)["error"]["code"] == "gateway_busy"
+    assert [request.target for request in orders.received] == ["/api/v1/orders/slow/"]
+    # and once it is done, the worker takes requests again
+    assert call(app, "GET", "/api/v1/orders/other/", headers=bearer).status == 200
