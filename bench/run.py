@@ -639,9 +639,9 @@ def profile_gateway(
 # function the gateway no longer has is simply not shown. "outside ..." rows are differences.
 BREAKDOWN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
-        "gunicorn: read and parse the request, write the response",
-        "ASGIProtocol._handle_connection",
-        ("edge_application.<locals>.application",),
+        "gunicorn and the event loop: parse requests, write answers, wake tasks",
+        "BaseEventLoop.run_forever",
+        ("edge_application.<locals>.application", "_SelectorSocketTransport._read_ready__data_received"),
     ),
     ("edge application outside the proxy view", "ProxyApp.__call__", ("proxy_view_async",)),
     ("  of which the gateway's server span", "_start_server_span", ()),
@@ -698,7 +698,7 @@ def top_costs(raw: Path, *, cpu_us: float, limit: int = 30) -> Iterator[str]:
         if by_name[function]:
             yield row(label, by_name[function] - sum(by_name[name] for name in minus))
     yield "inclusive, top functions below the request handler:"
-    handler = by_name["ASGIProtocol._handle_connection"] or total
+    handler = by_name["BaseEventLoop.run_forever"] or total
     shown = 0
     for name, count in inclusive.most_common():
         if count < handler * 0.9 and shown < limit:  # skip the frames every request passes through
