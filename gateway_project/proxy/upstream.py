@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import urllib3
 from django.conf import settings
@@ -46,6 +46,7 @@ CHUNK_SIZE = 64 * 1024
 _tracer = trace.get_tracer(__name__)
 RETRIED_STATUSES = frozenset({502, 503, 504})
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class CircuitOpen(UpstreamUnavailable):
@@ -234,17 +235,19 @@ async def _attempt(
     one cost ≈ 200 µs per call (it binds urlopen's signature, records three metric histograms and builds a
     dozen attributes). In a trace that is not sampled (``OTEL_TRACES_SAMPLER``) no span is made: the
     server span's context goes along instead, marked not sampled, so the services record nothing either."""
+    call = functools.partial(
+        connections.request,
+        base_url,
+        method,
+        target,
+        headers=headers,
+        body=body,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
     if not trace.get_current_span().is_recording():
         propagate.inject(headers)
-        return await connections.request(
-            base_url,
-            method,
-            target,
-            headers=headers,
-            body=body,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
+        return await call()
     span = _tracer.start_span(
         method,
         kind=SpanKind.CLIENT,
@@ -252,15 +255,7 @@ async def _attempt(
     )
     propagate.inject(headers, context=trace.set_span_in_context(span))  # replaces a previous attempt's
     try:
-        response = await connections.request(
-            base_url,
-            method,
-            target,
-            headers=headers,
-            body=body,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
+        response = await call()
     except BaseException as exc:
         if span.is_recording():
             span.record_exception(exc)
@@ -359,18 +354,18 @@ def _copy_outcome(done: concurrent.futures.Future[T], task: asyncio.Task[T]) -> 
 bridge = LoopThread("upstream-bridge")
 
 
-def send_blocking(
-    service: str,
-    method: str,
-    target: str,
-    *,
-    headers: dict[str, str],
-    body: bytes | None,
-    policy: UpstreamPolicy = DEFAULT_UPSTREAM,
-    anonymous: bool = False,
-) -> Answer:
-    """:func:`send` for a thread: read the answer's body with :class:`BlockingBody`."""
-    return bridge.run(send(service, method, target, headers=headers, body=body, policy=policy, anonymous=anonymous))
+def on_bridge(coroutine_function: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """``coroutine_function`` for a thread: run on :data:`bridge`, waited for."""
+
+    @functools.wraps(coroutine_function)
+    def blocking(*args: P.args, **kwargs: P.kwargs) -> T:
+        return bridge.run(coroutine_function(*args, **kwargs))
+
+    return blocking
+
+
+# :func:`send` for a thread: read the answer's body with :class:`BlockingBody`.
+send_blocking = on_bridge(send)
 
 
 class BlockingBody:
@@ -398,6 +393,9 @@ async def _close(body: UpstreamBody) -> None:
 async def _fetch(
     service: str, target: str, *, headers: dict[str, str], policy: UpstreamPolicy, max_bytes: int
 ) -> tuple[int, bytes]:
+    """GET ``target``: the status and at most ``max_bytes`` of the body (more than ``max_bytes - 1`` means
+    it was longer). Raises the upstream errors of :func:`send`, and urllib3's ``ProtocolError``/
+    ``ReadTimeoutError`` when the body broke off or stalled."""
     answer = await send(service, "GET", target, headers=headers, body=None, policy=policy)
     body = UpstreamBody(answer)
     try:
@@ -406,13 +404,8 @@ async def _fetch(
         body.close()
 
 
-def fetch(
-    service: str, target: str, *, headers: dict[str, str], policy: UpstreamPolicy, max_bytes: int
-) -> tuple[int, bytes]:
-    """GET ``target`` from a thread: the status and at most ``max_bytes`` of the body (more than
-    ``max_bytes - 1`` means it was longer). Raises the upstream errors of :func:`send`, and urllib3's
-    ``ProtocolError``/``ReadTimeoutError`` when the body broke off or stalled."""
-    return bridge.run(_fetch(service, target, headers=headers, policy=policy, max_bytes=max_bytes))
+# :func:`_fetch` for a thread (the overview's parts, the docs' schemas).
+fetch = on_bridge(_fetch)
 
 
 def upstreams_status() -> dict[str, object]:
