@@ -63,18 +63,24 @@ class VerifiedTokens:
 verified_tokens = VerifiedTokens(ttl=VERIFIED_TOKEN_TTL, max_size=VERIFIED_TOKEN_CACHE_SIZE)
 
 
+def _bearer_token(authorization: str) -> str | None:
+    """The token of a well-formed ``Bearer <token>`` Authorization header value."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token and " " not in token else None
+
+
 def cached_claims(authorization: str) -> dict[str, Any] | None:
     """The claims of the Authorization header's token if it was verified recently (no work, no network);
     None otherwise, when :func:`bearer_claims` has to check it."""
-    scheme, _, token = authorization.partition(" ")
-    return verified_tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+    token = _bearer_token(authorization)
+    return verified_tokens.get(token) if token else None
 
 
 def bearer_claims(authorization: str) -> dict[str, Any]:
     """The claims of the access token in an Authorization header value, or :class:`TokenError`."""
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    token = _bearer_token(authorization)
+    if token is None:
         raise TokenError("Use an access token: 'Authorization: Bearer <token>'.", code="invalid_token")
     claims = verified_tokens.get(token)
     if claims is None:

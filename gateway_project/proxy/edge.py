@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from a2wsgi.wsgi import build_environ
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.handlers.exception import convert_exception_to_response
@@ -97,42 +98,24 @@ def wsgi_path(scope: Scope) -> str:
     return unquote_to_bytes(raw_path.decode("latin-1")).decode("latin-1")
 
 
-def environ_from(scope: Scope, *, path_info: str, body: Any, software: str) -> dict[str, Any]:
-    """The WSGI environ gunicorn's WSGI worker built for this request (headers as ``HTTP_*``, repeated
-    ones joined with commas; ``RAW_URI``; the input ended where the body ends)."""
-    query = scope.get("query_string", b"")
-    server = scope.get("server") or ("localhost", 80)
-    client = scope.get("client") or ("", 0)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": scope["method"],
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path_info,
-        "QUERY_STRING": query.decode("latin-1"),
-        "RAW_URI": raw_uri(scope),
-        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
-        "SERVER_NAME": str(server[0]),
-        "SERVER_PORT": str(server[1]),
-        "SERVER_SOFTWARE": software,
-        "REMOTE_ADDR": str(client[0]),
-        "REMOTE_PORT": str(client[1]),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scope.get("scheme", "http"),
-        "wsgi.input": body,
-        "wsgi.input_terminated": True,
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            key = "CONTENT_LENGTH"
-        elif name == b"content-type":
-            key = "CONTENT_TYPE"
-        else:
-            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        text = value.decode("latin-1")
-        environ[key] = f"{environ[key]},{text}" if key in environ else text
+def environ_from(scope: Scope, *, body: Any, software: str) -> dict[str, Any]:
+    """The WSGI environ gunicorn's WSGI worker built for this request: a2wsgi's (headers as ``HTTP_*``,
+    repeated ones joined with commas), with what gunicorn's added (:func:`as_gunicorn_gave_it`)."""
+    return as_gunicorn_gave_it(build_environ(scope, body), scope, software)  # type: ignore[arg-type]
+
+
+def as_gunicorn_gave_it(environ: dict[str, Any], scope: Scope, software: str) -> dict[str, Any]:
+    """``environ`` with what gunicorn's WSGI worker gave the gateway and ASGI has no place for: the target
+    as sent (``RAW_URI``, for the path hygiene), ``PATH_INFO`` decoded as gunicorn decoded it, the server's
+    name, an input that ends where the body ends, and the client's trace headers moved aside."""
+    environ.update(
+        {
+            "PATH_INFO": scope.get("shop.wsgi_path") or wsgi_path(scope),
+            "RAW_URI": raw_uri(scope),
+            "SERVER_SOFTWARE": software,
+            "wsgi.input_terminated": True,
+        }
+    )
     carrier = scope.get(CLIENT_TRACE_SCOPE_KEY)
     if carrier:
         environ[CLIENT_CONTEXT_ENVIRON_KEY] = carrier
@@ -228,8 +211,7 @@ class ProxyApp:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        path_info = scope.get("shop.wsgi_path") or wsgi_path(scope)
-        environ = environ_from(scope, path_info=path_info, body=_NO_INPUT, software=self.software)
+        environ = environ_from(scope, body=_NO_INPUT, software=self.software)
         request = WSGIRequest(environ)
         request.asgi_receive = receive  # type: ignore[attr-defined]
         request_id = accept_or_generate(environ.get("HTTP_X_REQUEST_ID"))
@@ -301,7 +283,7 @@ def _start_server_span(request: HttpRequest, environ: dict[str, Any]) -> trace.S
             "http.route": SPAN_ROUTE,
             "http.scheme": environ["wsgi.url_scheme"],
             "http.flavor": environ["SERVER_PROTOCOL"].partition("/")[2],
-            "net.peer.ip": environ["REMOTE_ADDR"],
+            "net.peer.ip": environ.get("REMOTE_ADDR", ""),
         },
     )
     request.gateway_server_span = span  # type: ignore[attr-defined]  # for _record_exception
@@ -365,21 +347,10 @@ async def _disconnected(receive: Receive) -> None:
 
 def django_side(wsgi_application: Callable[..., Any]) -> Callable[..., Any]:
     """Django's WSGI handler as a2wsgi calls it, with the environ gunicorn's WSGI worker gave it."""
+    software = server_software()
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        scope = environ["asgi.scope"]
-        environ.update(
-            {
-                "PATH_INFO": scope.get("shop.wsgi_path") or wsgi_path(scope),
-                "RAW_URI": raw_uri(scope),
-                "SERVER_SOFTWARE": server_software(),
-                "wsgi.input_terminated": True,  # a2wsgi's input ends where the body ends
-            }
-        )
-        carrier = scope.get(CLIENT_TRACE_SCOPE_KEY)
-        if carrier:
-            environ[CLIENT_CONTEXT_ENVIRON_KEY] = carrier
-        return wsgi_application(environ, start_response)
+        return wsgi_application(as_gunicorn_gave_it(environ, environ["asgi.scope"], software), start_response)
 
     return application
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,19 +23,10 @@ class Answer:
     header_list: list[tuple[str, str]]
     body: bytes
     body_messages: int = 0
-    headers: dict[str, str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        # Case-insensitive lookups in tests: names as the application wrote them, first value wins.
-        self.headers = {}
-        for name, value in self.header_list:
-            self.headers.setdefault(name.title() if name.islower() else name, value)
 
     def header(self, name: str) -> str | None:
+        """The first value of a header, its name in any case."""
         return next((value for key, value in self.header_list if key.lower() == name.lower()), None)
-
-    def all(self, name: str) -> list[str]:
-        return [value for key, value in self.header_list if key.lower() == name.lower()]
 
 
 def scope_for(
