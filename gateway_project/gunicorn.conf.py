@@ -51,7 +51,7 @@ forwarded_allow_ips = ""
 # what was wrong (e.g. "Invalid HTTP header name: 'X_USER_ID'") and is JSON-escaped.
 _CODES = {400: "bad_request", 403: "forbidden", 413: "payload_too_large", 414: "uri_too_long"}
 _CODES |= {417: "expectation_failed", 426: "upgrade_required", 431: "headers_too_large"}
-_CODES |= {500: "internal_error", 501: "not_implemented"}
+_CODES |= {500: "internal_error", 501: "not_implemented", 503: "gateway_busy"}
 # gunicorn's (WSGI parser, header policy) and the ASGI parser's own classes
 _HEADER_NAME_ERRORS = (http_errors.InvalidHeaderName, asgi_parser.InvalidHeaderName)
 _HEADER_ERRORS = (http_errors.InvalidHeader, asgi_parser.InvalidHeader)
@@ -199,6 +199,41 @@ def _will_close_honouring_close(self: asgi_protocol.ASGIProtocol, request: Any, 
 
 asgi_protocol._scan_response_headers = _scan_response_headers_noting_close
 asgi_protocol.ASGIProtocol._will_close = _will_close_honouring_close  # type: ignore[method-assign]
+
+
+# Connections the ASGI worker holds open. gunicorn 27's ASGI worker reads ``worker_connections`` but never
+# enforces it, and arms no timer before a connection's first request (its keep-alive timer starts after a
+# response): a client that opens connections and sends nothing, or sends a request head a byte at a time
+# (slowloris), held a file descriptor of the worker for ever, until the worker could accept no one. Here:
+# - past ``worker_connections`` open connections (gunicorn's setting, --worker-connections), a new one is
+#   answered 503 ``gateway_busy`` with Retry-After and closed at once;
+# - a connection whose first request head is not complete within REQUEST_HEAD_TIMEOUT seconds of opening
+#   is closed without an answer, as nginx does at client_header_timeout (a 408 written onto a connection
+#   the client may be about to reuse can be read as the answer to its next request). Later requests on a
+#   kept-alive connection are bounded by gunicorn's own keep-alive timer (--keep-alive).
+worker_connections = 1000
+REQUEST_HEAD_TIMEOUT = float(os.environ.get("GATEWAY_REQUEST_HEAD_TIMEOUT", "10"))
+_connection_made = asgi_protocol.ASGIProtocol.connection_made
+
+
+def _connection_made_bounded(self: asgi_protocol.ASGIProtocol, transport: Any) -> None:
+    _connection_made(self, transport)  # counts it in worker.nr_conns; connection_lost uncounts it
+    if self.worker.nr_conns > self.cfg.worker_connections:
+        message = "the gateway holds as many connections as it can; try again shortly"
+        self._safe_write(_error_response(503, "Service Unavailable", message, (("Retry-After", "1"),)))
+        self._close_transport()
+        self._request_ready.set()  # the connection's task, waiting for a request, sees it closed and ends
+        return
+    self.worker.loop.call_later(REQUEST_HEAD_TIMEOUT, _close_without_first_request, self)
+
+
+def _close_without_first_request(protocol: asgi_protocol.ASGIProtocol) -> None:
+    # Still waiting for the connection's first request head (req_count counts the one being waited for).
+    if protocol.req_count <= 1 and protocol._awaiting_request and not protocol._closed:
+        protocol._keepalive_timeout()  # gunicorn's own idle close: closes and wakes the connection's task
+
+
+asgi_protocol.ASGIProtocol.connection_made = _connection_made_bounded  # type: ignore[method-assign]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -391,3 +391,58 @@ def test_a_post_a_service_fails_reaches_it_once_unless_it_honours_idempotency_ke
     # then
     assert status == (503 if failure == "503" else 504), body
     assert [request.target for request in service.received] == [path] * attempts
+
+
+def _answer_on(sock: socket.socket, raw: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+    sock.sendall(raw)
+    response = http.client.HTTPResponse(sock, method="GET")
+    response.begin()
+    return response, response.read()
+
+
+def test_connections_without_a_request_are_closed_and_those_past_the_cap_refused(
+    stubs: dict[str, StubUpstream], tmp_path: Path
+) -> None:
+    # given a worker that holds at most 3 connections and gives each 1 s to send its first request head
+    with gateway_process(
+        tmp_path,
+        {name: stub.url for name, stub in stubs.items()},
+        GATEWAY_REQUEST_HEAD_TIMEOUT="1",
+        GUNICORN_CMD_ARGS="--worker-connections 3",
+    ) as gateway:
+        time.sleep(0.2)  # the start-up check's connections are closed and uncounted
+        address = ("127.0.0.1", gateway.port)
+        request = f"GET /api/v1/products/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode()
+        with (
+            socket.create_connection(address, timeout=5) as silent,
+            socket.create_connection(address, timeout=5) as slowloris,
+            socket.create_connection(address, timeout=5) as kept_alive,
+        ):
+            slowloris.sendall(b"GET /api/v1/products/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # a head never finished
+            first, _ = _answer_on(kept_alive, request)
+
+            # when a fourth connection opens
+            with socket.create_connection(address, timeout=5) as fourth:
+                refused, refusal = _answer_on(fourth, request)
+                after_refusal = fourth.recv(1)
+
+            # then it is refused at once in the envelope, and closed
+            assert first.status == 200
+            assert refused.status == 503
+            assert json.loads(refusal)["error"]["code"] == "gateway_busy"
+            assert refused.headers["Retry-After"] == "1"
+            assert after_refusal == b""
+
+            # and the two that never sent a whole request are closed after their second, without an answer
+            started = time.monotonic()
+            assert silent.recv(1) == b""
+            assert slowloris.recv(1) == b""
+            assert time.monotonic() - started < 3
+
+            # while the kept-alive connection, which did, still serves, past that second
+            again, _ = _answer_on(kept_alive, request)
+            assert again.status == 200
+
+        # and the places freed take new connections
+        status, _, body = gateway.request("GET", "/api/v1/products/")
+        assert status == 200, body

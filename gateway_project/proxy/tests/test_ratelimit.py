@@ -506,8 +506,7 @@ def running_gateway(stubs: dict[str, StubUpstream], var_dir: Path, **environment
         sys.executable, "-m", "gunicorn", "gateway.asgi:application",
         "--bind", f"fd://{listener.fileno()}",
         "--worker-class", "asgi", "--workers", "2",
-        # Nothing bounds an ASGI worker's connections (gunicorn 27 does not enforce --worker-connections there):
-        # a burst is shared because both workers' event loops wake for its connections and each accepts some
+        # A burst is shared because both workers' event loops wake for its connections and each accepts some
         # (measured over runs of the burst below: 2 to 18 of the 20 answered 200 in either worker).
         "--graceful-timeout", "2",
         "--no-control-socket",
