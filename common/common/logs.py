@@ -18,6 +18,9 @@ from typing import Any
 
 # The fields the formatter owns; a structured field of the same name never replaces them.
 CORE_FIELDS = ("time", "service", "level", "logger", "message", "request_id", "trace_id")
+# Compact and ASCII-only: one physical line whatever the message holds (newlines are escaped). One encoder
+# for every line: json.dumps with options builds a new one per call (the gateway writes a line per request).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def _context_value(record: logging.LogRecord, name: str) -> str:
@@ -49,5 +52,4 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        # Compact and ASCII-only: one physical line whatever the message holds (newlines are escaped).
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        return _ENCODER.encode(entry)
