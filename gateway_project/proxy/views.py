@@ -86,6 +86,17 @@ class BadRequest(ApplicationError):
     closes_connection = True
 
 
+class ExpectationFailed(ApplicationError):
+    """An ``Expect`` other than ``100-continue``, the only expectation HTTP defines (RFC 9110 10.1.1): the
+    gateway would meet no other, and does not pass it on. The body its sender may be holding back is never
+    read, so the connection closes."""
+
+    status_code = 417
+    code = "expectation_failed"
+    message = "The only expectation this gateway meets is 100-continue."
+    closes_connection = True
+
+
 class InvalidHost(ApplicationError):
     status_code = 400
     code = "invalid_host"
@@ -191,6 +202,9 @@ class _Outcome:
             raise RouteNotFound()
         if self.request.method not in route.methods:
             raise MethodNotAllowed(details={"allowed": sorted(route.methods)})
+        expectation = self.request.META.get("HTTP_EXPECT")
+        if expectation is not None and expectation.strip().lower() != "100-continue":
+            raise ExpectationFailed()
         hygiene.check_header_size(self.request.META, route)
         return route
 

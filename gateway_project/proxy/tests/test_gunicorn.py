@@ -446,3 +446,42 @@ def test_connections_without_a_request_are_closed_and_those_past_the_cap_refused
         # and the places freed take new connections
         status, _, body = gateway.request("GET", "/api/v1/products/")
         assert status == 200, body
+
+
+def test_a_body_sent_after_100_continue_reaches_the_service(
+    gateway: Gateway, orders: StubUpstream, make_token: Callable[..., str]
+) -> None:
+    # given a client that holds its body back until the gateway says to go on
+    body = b'{"items": []}'
+    head = (
+        f"POST /api/v1/orders/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nConnection: close\r\n"
+        f"Authorization: Bearer {make_token()}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        interim = sock.recv(64)
+        sock.sendall(body)
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        response.read()
+
+    # then it is told to, and the service gets the body (and no Expect: the gateway read the body itself)
+    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+    assert response.status == 200
+    assert orders.received[0].body == body
+    assert "Expect" not in orders.received[0].headers
+
+
+@pytest.mark.parametrize("expectation", ["200-ok", "100-continue, something-else"])
+def test_an_expectation_other_than_100_continue_is_417_and_reaches_no_service(
+    gateway: Gateway, stubs: dict[str, StubUpstream], expectation: str
+) -> None:
+    status, headers, body = gateway.request(
+        "POST", "/api/v1/orders/", headers={"Expect": expectation, "Content-Length": "2"}, body=b"{}"
+    )
+
+    assert status == 417, body
+    assert json.loads(body)["error"]["code"] == "expectation_failed"
+    assert headers["Connection"] == "close"
+    assert received_by_any(stubs) == []
