@@ -21,11 +21,12 @@ middleware that acts on an API path and calls :func:`proxy.views.proxy_view_asyn
   writes the access-log line and metrics once the last byte is out.
 
 What may block runs off the loop: a token not verified recently is checked on a thread (its key set may
-have to be fetched), and Django's own pages run on theirs. Two calls stay on the loop, each bounded: the
-rate-limit store's counter increment (≈ 50 µs on loopback; while the store is down, one request per
-``RATE_LIMIT_STORE_RETRY_AFTER`` waits up to ``RATE_LIMIT_STORE_TIMEOUT``, 0.25 s, to find out whether it
-is back) and, on a breaker's state change only, its write to the shared state (the same bounds). A thread
-hop per request would cost more than either (≈ 50-100 µs of CPU).
+have to be fetched), and Django's own pages run on theirs. The rate limit's Redis increment is awaited
+over the loop's own connections (a slow Redis delays each request, not the worker), within
+``RATE_LIMIT_STORE_TIMEOUT``. Two calls stay on the loop, each bounded: embedded mode's SQLite increment (a
+local file, microseconds unless another worker holds its lock) and, on a breaker's state change only, its
+write to the shared state (0.25 s at most; while the store is down, once per retry interval). A thread hop
+per request would cost more than either (≈ 50-100 µs of CPU).
 """
 
 from __future__ import annotations

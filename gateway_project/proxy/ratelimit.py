@@ -3,7 +3,9 @@
 Where the counts live:
 - ``REDIS_URL`` set: `limits`' Redis storage, whose increment is one atomic Lua script (INCRBY, and
   EXPIRE on the first hit), so the count is exact across every worker of every gateway replica; the
-  gateway sends that script over a connection kept per thread (proxy/ratelimit_storage.py).
+  gateway sends that script over a connection kept per thread, or, on a worker's event loop
+  (:func:`consume_async`), over that loop's own connections, awaiting the answer
+  (proxy/ratelimit_storage.py).
 - embedded mode: proxy/ratelimit_storage.py, a `limits` storage in a SQLite file under VAR_DIR, atomic
   across the gateway's worker processes (an in-memory store would grant the quota once per worker).
 - while that store is unreachable: a route whose policy fails open counts in `limits`' per-process
@@ -97,26 +99,56 @@ class Quota:
 def consume(request: HttpRequest, route: Route, *, user_id: int | None) -> Quota | None:
     """Count this request against its route's policy (None: the route is not limited). Never raises:
     ``Quota.enforce`` turns the outcome into the 429 or 503."""
-    if route.rate_limit is None:
-        return None
-    policy = RATE_LIMIT_POLICIES[route.rate_limit]
-    # The config center's rate for this policy if it has one (an in-memory lookup), else the setting.
-    item = _rate(runtime_config.value(f"ratelimit.{route.rate_limit}") or getattr(settings, policy.rate_setting))
-    limit, window = item.amount, item.get_expiry()
-    if user_id is not None and policy.key == "user_or_address":
-        identity = f"user:{user_id}"
-    else:
-        identity = f"addr:{rate_limit_identity(client_address(request.META))}"
+    counter = _Counter.of(request, route, user_id)
+    return counter.quota(_stores.shared_incr(counter.key, counter.window)) if counter is not None else None
 
-    elapsed = time.time() + zlib.crc32(identity.encode()) % window
-    reset = max(1, math.ceil(window - elapsed % window))
-    key = item.key_for(route.rate_limit, str(int(elapsed // window)), identity)
-    count = _stores.shared_incr(key, window)
-    if count is None:
-        if policy.on_store_failure == "closed":
-            return Quota(route.rate_limit, limit, window, 0, _stores.retry_in(), exceeded=False, unavailable=True)
-        count = _stores.local().incr(key, window)
-    return Quota(route.rate_limit, limit, window, max(0, limit - count), reset, exceeded=count > limit)
+
+async def consume_async(request: HttpRequest, route: Route, *, user_id: int | None) -> Quota | None:
+    """:func:`consume` on the gateway's event loop: the shared store's answer is awaited, so the worker
+    answers other requests meanwhile."""
+    counter = _Counter.of(request, route, user_id)
+    if counter is None:
+        return None
+    return counter.quota(await _stores.shared_incr_async(counter.key, counter.window))
+
+
+@dataclass(frozen=True)
+class _Counter:
+    """Which counter a request goes to, and how its count reads against the policy."""
+
+    policy: str
+    on_store_failure: str
+    limit: int
+    window: int
+    reset: int
+    key: str
+
+    @classmethod
+    def of(cls, request: HttpRequest, route: Route, user_id: int | None) -> _Counter | None:
+        if route.rate_limit is None:
+            return None
+        policy = RATE_LIMIT_POLICIES[route.rate_limit]
+        # The config center's rate for this policy if it has one (an in-memory lookup), else the setting.
+        item = _rate(runtime_config.value(f"ratelimit.{route.rate_limit}") or getattr(settings, policy.rate_setting))
+        limit, window = item.amount, item.get_expiry()
+        if user_id is not None and policy.key == "user_or_address":
+            identity = f"user:{user_id}"
+        else:
+            identity = f"addr:{rate_limit_identity(client_address(request.META))}"
+        elapsed = time.time() + zlib.crc32(identity.encode()) % window
+        reset = max(1, math.ceil(window - elapsed % window))
+        key = item.key_for(route.rate_limit, str(int(elapsed // window)), identity)
+        return cls(route.rate_limit, policy.on_store_failure, limit, window, reset, key)
+
+    def quota(self, count: int | None) -> Quota:
+        """The standing after the shared store counted ``count`` (None: it could not)."""
+        if count is None:
+            if self.on_store_failure == "closed":
+                return Quota(
+                    self.policy, self.limit, self.window, 0, _stores.retry_in(), exceeded=False, unavailable=True
+                )
+            count = _stores.local().incr(self.key, self.window)
+        return Quota(self.policy, self.limit, self.window, max(0, self.limit - count), self.reset, count > self.limit)
 
 
 def store_health() -> dict[str, Any]:
@@ -169,12 +201,8 @@ class _Stores:
 
     def shared_incr(self, key: str, expiry: int) -> int | None:
         """The count after this increment, or None while the shared store is unusable."""
-        now = time.monotonic()
-        if self._down_until:
-            if now < self._down_until:
-                return None
-            # Recovering: this request probes the store; the others keep the fallback meanwhile.
-            self._down_until = now + settings.RATE_LIMIT_STORE_RETRY_AFTER
+        if not self._worth_trying():
+            return None
         try:
             count = self.shared().incr(key, expiry)
         except StorageError as exc:
@@ -182,6 +210,33 @@ class _Stores:
             return None
         self._down_until = 0.0
         return count
+
+    async def shared_incr_async(self, key: str, expiry: int) -> int | None:
+        """:meth:`shared_incr` on an event loop: Redis's answer awaited. The SQLite file of embedded mode
+        is counted inline, as on a thread: a local write of microseconds costs less than a thread hop."""
+        if not self._worth_trying():
+            return None
+        try:
+            store = self.shared()
+            if isinstance(store, RedisCounterStorage):
+                count = await store.incr_async(key, expiry)
+            else:
+                count = store.incr(key, expiry)
+        except StorageError as exc:
+            self._mark_down(exc)
+            return None
+        self._down_until = 0.0
+        return count
+
+    def _worth_trying(self) -> bool:
+        """False while the store is left alone after a failure. Once that time is up, the request asking
+        probes it, and the others keep the fallback meanwhile."""
+        if self._down_until:
+            now = time.monotonic()
+            if now < self._down_until:
+                return False
+            self._down_until = now + settings.RATE_LIMIT_STORE_RETRY_AFTER
+        return True
 
     def retry_in(self) -> int:
         return max(1, math.ceil(self._down_until - time.monotonic()))

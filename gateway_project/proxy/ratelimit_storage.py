@@ -17,14 +17,19 @@ Real mode counts in Redis with `limits`' own storage, its increment made cheaper
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio
+from limits.errors import StorageError
 from limits.storage import RedisStorage, Storage
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS counters (
@@ -148,11 +153,33 @@ class RedisCounterStorage(RedisStorage):
     that layer (pool checkout with its health read, deprecation and observability wrappers, retry object)
     cost about 90 µs of the rate limit's 150 µs per request (bench/README.md). Failures raise redis-py's
     errors, which `limits` turns into ``StorageError`` as for its own methods; the health check and every
-    other operation are `limits`' own."""
+    other operation are `limits`' own.
 
-    def __init__(self, uri: str, **options: Any) -> None:
-        super().__init__(uri, **options)
+    :meth:`incr_async` is the same increment for the gateway's event loop (proxy/edge.py), over connections
+    of that loop's own: the loop serves other requests while Redis answers. Blocking on the round trip
+    would hold every request of the worker for as long as Redis takes, on loopback ≈ 50 µs, but across a
+    network or from a loaded Redis milliseconds, each request in turn."""
+
+    # Connections kept per event loop between increments: as many as it has increments in flight at once,
+    # up to this many; a burst beyond opens more, closed after use.
+    IDLE_ASYNC_CONNECTIONS = 16
+
+    def __init__(self, uri: str, *, socket_timeout: float | None = None, **options: Any) -> None:
+        super().__init__(uri, socket_timeout=socket_timeout, **options)
         self._local = threading.local()
+        self.timeout = socket_timeout
+        # Only the connection class and arguments for the URL (TCP, TLS or Unix socket): its connections
+        # are made by incr_async, outside the pool's checkout (the client layer the docstring speaks of).
+        # No timeouts of redis-py's own: incr_async bounds the whole exchange, connecting included, once.
+        self._async_pool = redis.asyncio.ConnectionPool.from_url(
+            uri.replace("redis+unix://", "unix://"),  # as RedisStorage reads its URL
+            socket_timeout=None,
+            socket_connect_timeout=None,
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),  # no retries: the caller's fallback is the retry
+        )
+        self._idle_by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, list[redis.asyncio.connection.AbstractConnection]
+        ] = weakref.WeakKeyDictionary()
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         connection = self._thread_connection()
@@ -168,6 +195,33 @@ class RedisCounterStorage(RedisStorage):
         except BaseException:
             connection.disconnect()  # a reply may still be on its way: never read it as the next one
             raise
+
+    async def incr_async(self, key: str, expiry: int, amount: int = 1) -> int:
+        """:meth:`incr` awaited on the running event loop, within ``socket_timeout`` in all (if set); a failure is a
+        ``StorageError``, as `limits` makes of its own methods' errors."""
+        idle = self._idle_by_loop.setdefault(asyncio.get_running_loop(), [])
+        connection = idle.pop() if idle else self._async_pool.make_connection()
+        script = self.lua_incr_expire
+        args = (1, self.prefixed_key(key), expiry, amount)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await _fresh(connection)
+                try:
+                    await connection.send_command("EVALSHA", script.sha, *args)
+                    count = int(await connection.read_response())
+                except NoScriptError:
+                    await connection.send_command("EVAL", script.script, *args)
+                    count = int(await connection.read_response())
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)  # a reply may still be on its way, as in incr
+            if isinstance(exc, (redis.RedisError, OSError)):  # TimeoutError included
+                raise StorageError(exc) from exc
+            raise
+        if len(idle) < self.IDLE_ASYNC_CONNECTIONS:
+            idle.append(connection)
+        else:
+            await connection.disconnect(nowait=True)
+        return count
 
     def _thread_connection(self) -> redis.connection.AbstractConnection:
         connection: redis.connection.AbstractConnection | None = getattr(self._local, "connection", None)
@@ -185,3 +239,16 @@ class RedisCounterStorage(RedisStorage):
             if stale:
                 connection.disconnect()
         return connection
+
+
+async def _fresh(connection: redis.asyncio.connection.AbstractConnection) -> None:
+    """As ``_thread_connection`` does for a thread's connection: one kept idle that has something to read
+    (the server closed it meanwhile, or a stray reply) is reopened before a command is sent on it."""
+    if not connection.is_connected:
+        return  # new, or closed after a failure: it connects when the command is sent
+    try:
+        stale = await connection.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        stale = True
+    if stale:
+        await connection.disconnect(nowait=True)

@@ -133,7 +133,9 @@ def proxy_view(request: HttpRequest) -> HttpResponseBase:
     static files). Every ``/api/`` path is answered by :func:`proxy_view_async` on the event loop."""
     outcome = _Outcome(request)
     try:
-        outcome.admit(_authenticate(request, outcome.checked_route()))
+        route = outcome.checked_route()
+        identity = _authenticate(request, route)
+        outcome.admit(identity, ratelimit.consume(request, route, user_id=identity[0]))
         body = _read_body(request.META, hygiene.body_limit(outcome.route))
         headers = _upstream_headers(request, outcome, body)
         answer = upstream.send_blocking(
@@ -147,7 +149,8 @@ def proxy_view(request: HttpRequest) -> HttpResponseBase:
         )
         response = _proxied_response(request, outcome.route, answer, upstream.BlockingBody(answer))
     except ApplicationError as exc:
-        response = outcome.refusal(exc)
+        uncounted = outcome.uncounted_route()
+        response = outcome.refusal(exc, ratelimit.consume(request, uncounted, user_id=None) if uncounted else None)
     return outcome.finish(response)
 
 
@@ -160,7 +163,8 @@ async def proxy_view_async(request: HttpRequest, receive: Receive, *, busy: bool
         if busy:
             raise GatewayBusy()
         route = outcome.checked_route()
-        outcome.admit(await _authenticate_async(request, route))
+        identity = await _authenticate_async(request, route)
+        outcome.admit(identity, await ratelimit.consume_async(request, route, user_id=identity[0]))
         body = await _receive_body(request.META, receive, hygiene.body_limit(route))
         headers = _upstream_headers(request, outcome, body)
         answer = await upstream.send(
@@ -174,7 +178,9 @@ async def proxy_view_async(request: HttpRequest, receive: Receive, *, busy: bool
         )
         response = _proxied_response(request, route, answer, upstream.UpstreamBody(answer))
     except ApplicationError as exc:
-        response = outcome.refusal(exc)
+        uncounted = outcome.uncounted_route()
+        quota = await ratelimit.consume_async(request, uncounted, user_id=None) if uncounted else None
+        response = outcome.refusal(exc, quota)
     return outcome.finish(response)
 
 
@@ -208,18 +214,22 @@ class _Outcome:
         hygiene.check_header_size(self.request.META, route)
         return route
 
-    def admit(self, identity: tuple[int | None, bool]) -> None:
-        """Count the request (after authentication: keyed by user) and check its Host."""
+    def admit(self, identity: tuple[int | None, bool], quota: ratelimit.Quota | None) -> None:
+        """Take the caller's identity and the request's standing against its rate limit (counted by the
+        caller after authentication, so keyed by user), enforce that, and check the Host."""
         self.user_id, self.is_staff = identity
-        self.quota = ratelimit.consume(self.request, self.route, user_id=self.user_id)
-        if self.quota is not None:
-            self.quota.enforce()  # 429, or 503 when a fail-closed route cannot count
+        self.quota = quota
+        if quota is not None:
+            quota.enforce()  # 429, or 503 when a fail-closed route cannot count
         self.host = _allowed_host(self.request)
 
-    def refusal(self, exc: ApplicationError) -> HttpResponseBase:
-        if self.quota is None and self.found_route is not None:
-            # Refused before it was counted (bad token, wrong method): it still counts, by address.
-            self.quota = ratelimit.consume(self.request, self.found_route, user_id=None)
+    def uncounted_route(self) -> Route | None:
+        """The route of a request refused before it was counted (a bad token, a wrong method): it still
+        counts, by address (the caller counts it and hands the quota to :meth:`refusal`)."""
+        return self.found_route if self.quota is None else None
+
+    def refusal(self, exc: ApplicationError, quota: ratelimit.Quota | None = None) -> HttpResponseBase:
+        self.quota = self.quota or quota
         response = error_response(exc.status_code, exc.code, exc.message, exc.details)
         for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
             response[name] = value

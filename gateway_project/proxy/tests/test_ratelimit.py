@@ -4,6 +4,8 @@ worker processes, counting in SQLite (embedded mode) and in Redis (real mode).""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -687,3 +689,143 @@ def test_the_gateways_redis_increment_raises_a_storage_error_when_redis_is_unrea
 
     with pytest.raises(StorageError):
         store.incr("k", 60)
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="real mode only (REDIS_URL)")
+def test_the_gateways_awaited_redis_increment_counts_on_the_same_keys_and_survives_a_dropped_connection(
+    redis_counters: tuple[RedisCounterStorage, RedisStorage],
+) -> None:
+    import redis
+
+    fast, plain = redis_counters
+    admin = redis.Redis.from_url(REDIS_URL)
+
+    async def scenario() -> list[int]:
+        counts = [await fast.incr_async("k", 60), plain.incr("k", 60), await fast.incr_async("k", 60, amount=3)]
+        # when Redis closes the loop's idle connection and forgets its scripts
+        (connection,) = fast._idle_by_loop[asyncio.get_running_loop()]
+        await connection.send_command("CLIENT", "ID")
+        admin.client_kill_filter(_id=await connection.read_response())
+        admin.script_flush()
+        await asyncio.sleep(0.05)  # idle: the loop reads the server's close
+        # then the next increment reconnects, sends the script again and counts on
+        counts.append(await fast.incr_async("k", 60))
+        # and increments in flight at once each get a connection
+        counts += sorted(await asyncio.gather(*(fast.incr_async("k", 60) for _ in range(3))))
+        return counts
+
+    assert asyncio.run(scenario()) == [1, 2, 5, 6, 7, 8, 9]
+    assert plain.get("k") == 9
+    assert 0 < plain.get_expiry("k") - time.time() <= 60
+
+
+def test_the_gateways_awaited_redis_increment_raises_a_storage_error_when_redis_is_unreachable_or_hangs(
+    silent_store: SilentServer,
+) -> None:
+    closed = RedisCounterStorage(redis_url_on_a_closed_port(), wrap_exceptions=True, socket_timeout=0.2)
+    hanging = RedisCounterStorage(silent_store.url, wrap_exceptions=True, socket_timeout=0.2)
+
+    with pytest.raises(StorageError):
+        asyncio.run(closed.incr_async("k", 60))
+    started = time.monotonic()
+    with pytest.raises(StorageError):
+        asyncio.run(hanging.incr_async("k", 60))
+    assert time.monotonic() - started < 1.0
+
+
+class SlowRedis:
+    """A relay in front of the real Redis that holds back for ``delay`` seconds its replies to commands
+    naming a key under ``prefix`` (the rate limit's): a loaded Redis, or one across a slow network, for
+    the counting alone. (The breakers share the same Redis and would time out on their own, bounded,
+    inline calls.)"""
+
+    def __init__(self, target_url: str, *, prefix: str, delay: float) -> None:
+        from urllib.parse import urlsplit
+
+        target = urlsplit(target_url)
+        self.target = (target.hostname or "127.0.0.1", target.port or 6379)
+        self.database = target.path
+        self.prefix = prefix.encode()
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listener.getsockname()[1]}{self.database}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.sockets += [client, server]
+            slow = threading.Event()  # set while the command awaiting its reply names a counted key
+            threading.Thread(target=self._commands, args=(client, server, slow), daemon=True).start()
+            threading.Thread(target=self._replies, args=(server, client, slow), daemon=True).start()
+
+    def _commands(self, source: socket.socket, sink: socket.socket, slow: threading.Event) -> None:
+        with self._pumping(sink):
+            while data := source.recv(65536):
+                if self.prefix in data:
+                    slow.set()
+                sink.sendall(data)
+
+    def _replies(self, source: socket.socket, sink: socket.socket, slow: threading.Event) -> None:
+        with self._pumping(sink):
+            while data := source.recv(65536):
+                if slow.is_set():
+                    slow.clear()
+                    time.sleep(self.delay)
+                sink.sendall(data)
+
+    @staticmethod
+    @contextmanager
+    def _pumping(sink: socket.socket) -> Iterator[None]:
+        try:
+            yield
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="real mode only (REDIS_URL)")
+def test_a_slow_rate_limit_store_delays_each_request_but_does_not_hold_the_others(
+    stubs: dict[str, StubUpstream], tmp_path: Path
+) -> None:
+    # given a gateway whose Redis takes half a second to answer each increment (its two workers would
+    # answer 10 requests in 2.5 s or more if each waited for its increment before taking the next)
+    prefix = f"test-{uuid.uuid4().hex}"
+    slow = SlowRedis(REDIS_URL, prefix=prefix, delay=0.5)
+    try:
+        with running_gateway(
+            stubs,
+            tmp_path,
+            REDIS_URL=slow.url,
+            RATE_LIMIT_KEY_PREFIX=prefix,
+            RATE_LIMIT_STORE_TIMEOUT="3",
+            RATE_LIMIT_DEFAULT="100/minute",
+        ) as gateway:
+            # when ten requests arrive at once
+            started = time.monotonic()
+            results = burst(gateway, 10)
+            took = time.monotonic() - started
+
+            # then each was counted in Redis (no fallback) while the workers served the others
+            assert [status for status, _ in results] == [200] * 10, results
+            remaining = sorted(int(rate_limit_headers(headers)[1]["r"]) for _, headers in results)
+            assert remaining == list(range(90, 100)), remaining
+            assert took < 1.8
+            assert "rate-limit store unavailable" not in gateway.log()
+    finally:
+        slow.close()
