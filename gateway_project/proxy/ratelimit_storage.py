@@ -160,9 +160,10 @@ class RedisCounterStorage(RedisStorage):
     would hold every request of the worker for as long as Redis takes, on loopback ≈ 50 µs, but across a
     network or from a loaded Redis milliseconds, each request in turn."""
 
-    # Connections kept per event loop between increments: as many as it has increments in flight at once,
-    # up to this many; a burst beyond opens more, closed after use.
-    IDLE_ASYNC_CONNECTIONS = 16
+    # Connections kept per event loop between increments: as many as it has had increments in flight at
+    # once, up to this many (a connection is opened with two round trips more than an increment takes, and
+    # an idle one costs Redis a few kilobytes); a burst beyond opens more, closed after use.
+    IDLE_ASYNC_CONNECTIONS = 128
 
     def __init__(self, uri: str, *, socket_timeout: float | None = None, **options: Any) -> None:
         super().__init__(uri, socket_timeout=socket_timeout, **options)
