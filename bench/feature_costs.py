@@ -13,8 +13,9 @@ with each feature on, then with one switched off. The difference is what that fe
 cache misses and allocator included. gunicorn's own parsing and writing are not in these figures
 (``floor-asgi`` in bench/run.py shows them).
 
-Each variant runs in a fresh process (tracing is configured at start-up); variants alternate and the
-fastest of ``--repeat`` runs counts, since other work on a shared machine only ever adds time. Switching
+Each variant runs in a fresh process (tracing is configured at start-up). Each round runs every variant
+once, and a feature's cost is the median over the rounds of its difference to "all on" in the same
+round, so that a slow spell of a shared machine weighs on both sides. Switching
 a feature off replaces one function of the gateway in that process only: a measurement, never a mode of
 the gateway.
 """
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,8 +146,8 @@ async def _drive(application: Any, token: str, requests: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=5000, help="timed requests per run (default 5000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the fastest counts (default 3)")
+    parser.add_argument("--requests", type=int, default=4000, help="timed requests per run (default 4000)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds, each running every variant once (default 5)")
     parser.add_argument("--embedded", action="store_true", help="count in SQLite instead of Redis")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # a child process measuring one variant
@@ -157,7 +159,7 @@ def main() -> int:
     if not args.embedded and not bench.redis_reachable(args.redis_url):
         print(f"Redis is not reachable at {args.redis_url}: pass --embedded, or --redis-url", file=sys.stderr)
         return 1
-    best: dict[str, float] = {}
+    runs: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     names = list(VARIANTS)
     for round_number in range(1, args.repeat + 1):
         # Each round starts one variant later, so that none is always the one run after a pause or first.
@@ -173,14 +175,16 @@ def main() -> int:
                     print(f"{variant}: failed\n{log.read()[-3000:].decode(errors='replace')}", file=sys.stderr)
                     return 1
             cpu = float(result.stdout.strip().splitlines()[-1])
-            best[variant] = min(cpu, best.get(variant, cpu))
+            runs[variant].append(cpu)
             print(f"run {round_number}/{args.repeat}  {variant:<20} {cpu:6.0f} µs CPU per request", flush=True)
-    everything = best["all on"]
-    print(f"\n{'variant':<20} {'µs/req':>7} {'feature costs':>14}  switched off")
+    # A feature's cost within each round (its runs are minutes apart at most, so a slow spell of the
+    # machine weighs on both sides of the difference), then the median over the rounds.
+    print(f"\n{'variant':<20} {'fastest µs/req':>14} {'feature costs':>14}  switched off")
     for variant, what in VARIANTS.items():
-        cost = "" if variant == "all on" else f"{everything - best[variant]:+.0f}"
-        print(f"{variant:<20} {best[variant]:7.0f} {cost:>14}  {what}")
-    print("(the fastest of each variant's runs; a feature's cost is 'all on' minus its row)")
+        costs = [everything - cpu for everything, cpu in zip(runs["all on"], runs[variant], strict=True)]
+        cost = "" if variant == "all on" else f"{statistics.median(costs):+.0f}"
+        print(f"{variant:<20} {min(runs[variant]):14.0f} {cost:>14}  {what}")
+    print("(a feature's cost: the median over the rounds of 'all on' minus its row in the same round)")
     return 0
 
 
