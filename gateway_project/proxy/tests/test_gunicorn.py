@@ -410,7 +410,7 @@ def test_connections_without_a_request_are_closed_and_those_past_the_cap_refused
         GATEWAY_REQUEST_HEAD_TIMEOUT="1",
         GUNICORN_CMD_ARGS="--worker-connections 3",
     ) as gateway:
-        time.sleep(0.2)  # the start-up check's connections are closed and uncounted
+        time.sleep(0.5)  # the start-up check's connections are closed and uncounted
         address = ("127.0.0.1", gateway.port)
         request = f"GET /api/v1/products/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode()
         with (
