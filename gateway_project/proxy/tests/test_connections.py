@@ -140,12 +140,7 @@ async def test_an_idle_connection_the_service_closed_is_replaced_before_anything
 async def test_a_partly_read_body_closes_its_connection_and_a_whole_one_keeps_it(
     raw_server: RawServerFactory,
 ) -> None:
-    def serve_forever(conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            while read_request(conn):
-                conn.sendall(answer(b"x" * 5000))
-
-    server = raw_server(serve_forever)
+    server = raw_server(answering_in_writes(answer(b"x" * 5000)))
     assert len(await read_all(await call(server.url))) == 5000
     assert len(await read_all(await call(server.url))) == 5000
     assert server.accepted == 1  # read to the end: the connection was used again
@@ -233,12 +228,7 @@ async def test_idle_connections_the_other_end_closed_leave_the_pool_at_once(raw_
             conn.sendall(answer(b"gone"))
             hang_up.wait(2)
 
-    def serve_forever(conn: socket.socket) -> None:
-        with conn:
-            while read_request(conn):
-                conn.sendall(answer(b"here"))
-
-    departed, staying = raw_server(serve_once_then_hang_up), raw_server(serve_forever)
+    departed, staying = raw_server(serve_once_then_hang_up), raw_server(answering_in_writes(answer(b"here")))
     assert await read_all(await call(departed.url)) == b"gone"
     assert await read_all(await call(staying.url)) == b"here"
     assert (idle(departed.url), idle(staying.url)) == (1, 1)
@@ -735,9 +725,7 @@ async def test_at_most_max_idle_per_origin_connections_are_kept(
     closed_by_client = threading.Semaphore(0)
 
     def serve(conn: socket.socket) -> None:
-        with conn:
-            while read_request(conn):
-                conn.sendall(answer(b"ok"))
+        answering_in_writes(answer(b"ok"))(conn)  # until the client closes the connection
         closed_by_client.release()
 
     server = raw_server(serve)
@@ -754,9 +742,7 @@ def test_connections_belong_to_the_loop_that_opened_them(raw_server: RawServerFa
     closed_by_client = threading.Semaphore(0)
 
     def serve(conn: socket.socket) -> None:
-        with conn:
-            while read_request(conn):
-                conn.sendall(answer(b"ok"))
+        answering_in_writes(answer(b"ok"))(conn)  # until the client closes the connection
         closed_by_client.release()
 
     server = raw_server(serve)
@@ -785,9 +771,7 @@ def test_close_all_reaches_a_loop_running_on_another_thread(raw_server: RawServe
     closed_by_client = threading.Event()
 
     def serve(conn: socket.socket) -> None:
-        with conn:
-            while read_request(conn):
-                conn.sendall(answer(b"ok"))
+        answering_in_writes(answer(b"ok"))(conn)  # until the client closes the connection
         closed_by_client.set()
 
     server = raw_server(serve)

@@ -32,7 +32,7 @@ from proxy.ratelimit_storage import RedisCounterStorage, SQLiteStorage
 from proxy.routes import RATE_LIMIT_POLICIES, ROUTES
 from proxy.tests.test_gunicorn import PROJECT_DIR, Gateway
 from proxy.tests.upstream_stub import JWKS_PATH, StubUpstream
-from proxy.tests.utils import json_of
+from proxy.tests.utils import RawServer, json_of
 from proxy.views import health_document
 
 POLICY = re.compile(r'^"(?P<name>[a-z]+)";q=(?P<q>\d+);w=(?P<w>\d+)$')
@@ -758,25 +758,19 @@ class SlowRedis:
         self.database = target.path
         self.prefix = prefix.encode()
         self.delay = delay
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.relayed: list[socket.socket] = []
+        self.server = RawServer(self._relay)  # each client connection relayed on a thread of its own
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.listener.getsockname()[1]}{self.database}"
+        return f"redis://127.0.0.1:{self.server.listener.getsockname()[1]}{self.database}"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            self.sockets += [client, server]
-            slow = threading.Event()  # set while the command awaiting its reply names a counted key
-            threading.Thread(target=self._commands, args=(client, server, slow), daemon=True).start()
-            threading.Thread(target=self._replies, args=(server, client, slow), daemon=True).start()
+    def _relay(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.target)
+        self.relayed += [client, server]
+        slow = threading.Event()  # set while the command awaiting its reply names a counted key
+        threading.Thread(target=self._replies, args=(server, client, slow), daemon=True).start()
+        self._commands(client, server, slow)
 
     def _commands(self, source: socket.socket, sink: socket.socket, slow: threading.Event) -> None:
         with self._pumping(sink):
@@ -805,7 +799,8 @@ class SlowRedis:
                 sink.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        for sock in self.sockets:
+        self.server.close()
+        for sock in self.relayed:
             with contextlib.suppress(OSError):
                 sock.close()
 
