@@ -45,6 +45,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "common.request_id.RequestIdMiddleware",
     "proxy.observability.AccessLogMiddleware",  # outermost after the request id: sees every answer
+    "proxy.middleware.UnreadBodyMiddleware",  # a body the edge could not read whole (proxy/edge.py)
     "proxy.middleware.PathHygieneMiddleware",
     "proxy.admin_throttle.AdminSignInThrottleMiddleware",  # the login policy for every admin's sign-in form
     "corsheaders.middleware.CorsMiddleware",  # answers preflights itself; CORS_URLS_REGEX limits it to /api/
@@ -132,6 +133,8 @@ GATEWAY_MAX_IN_FLIGHT = config("GATEWAY_MAX_IN_FLIGHT", default=512, cast=int)
 # Threads per worker for what Django answers (gateway/asgi.py): admin, docs, overview, health, config center.
 GATEWAY_DJANGO_THREADS = config("GATEWAY_DJANGO_THREADS", default=8, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
+# Seconds a request body has to arrive whole, however it trickles in; past it, 408 request_timeout.
+GATEWAY_REQUEST_BODY_TIMEOUT = config("GATEWAY_REQUEST_BODY_TIMEOUT", default=30.0, cast=float)
 # All request header lines together; a route may set less (proxy/routes.py). Over it: 431.
 MAX_REQUEST_HEADER_BYTES = config("MAX_REQUEST_HEADER_BYTES", default=16 * 1024, cast=int)
 HEALTH_CHECK_TIMEOUT = config("HEALTH_CHECK_TIMEOUT", default=3.0, cast=float)

@@ -53,12 +53,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from common.errors import ApplicationError
 from common.request_id import HEADER as REQUEST_ID_HEADER
 from common.request_id import accept_or_generate, reset_request_id, set_request_id
 from common.tracing import CLIENT_CONTEXT_ENVIRON_KEY, REQUEST_ID_ATTRIBUTE, context_from
-from proxy.middleware import path_refusal
+from proxy.middleware import BODY_REFUSAL_ENVIRON_KEY, path_refusal
 from proxy.observability import error_code_of, log_and_count
-from proxy.views import ProxiedResponse, proxy_view_async
+from proxy.views import PayloadTooLarge, ProxiedResponse, proxy_view_async, receive_whole_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -77,6 +78,8 @@ PROXIED_PREFIX = "/api/"
 SPAN_ROUTE = "^api/"
 # Where the client's W3C trace headers are kept once moved aside (scope key; environ key for Django).
 CLIENT_TRACE_SCOPE_KEY = "shop.client_trace_headers"
+# Where a request for Django's side whose body could not be read whole keeps that refusal (scope key).
+BODY_REFUSAL_SCOPE_KEY = "shop.body_refusal"
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _tracer = trace.get_tracer(__name__)  # resolves to the provider common.tracing installs, whenever it does
 
@@ -120,6 +123,9 @@ def as_gunicorn_gave_it(environ: dict[str, Any], scope: Scope, software: str) ->
     carrier = scope.get(CLIENT_TRACE_SCOPE_KEY)
     if carrier:
         environ[CLIENT_CONTEXT_ENVIRON_KEY] = carrier
+    refusal = scope.get(BODY_REFUSAL_SCOPE_KEY)
+    if refusal is not None:
+        environ[BODY_REFUSAL_ENVIRON_KEY] = refusal  # answered by proxy.middleware.UnreadBodyMiddleware
     return environ
 
 
@@ -374,12 +380,57 @@ def edge_application(django_app: ASGIApp, proxy_app: ASGIApp) -> ASGIApp:
             if is_proxied(repercent_broken_unicode(path_info.encode("latin-1")).decode()):
                 await proxy_app(scope, receive, send)
             else:
-                await django_app(scope, receive, send)
+                await django_app(scope, await _with_whole_body(scope, receive), send)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
         # websocket: not served; returning closes it
 
     return application
+
+
+def django_side_body_limit() -> int:
+    """The largest body a request for Django's side may carry: the gateway's own forms and the config center
+    take at most ``DATA_UPLOAD_MAX_MEMORY_SIZE``, a service's admin pages at most their route's limit."""
+    return max(settings.MAX_REQUEST_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
+
+
+async def _with_whole_body(scope: Scope, receive: Receive) -> Receive:
+    """The ``receive`` to hand Django's side: its body read whole here, on the event loop, first.
+
+    Django reads a body on one of its few threads (``GATEWAY_DJANGO_THREADS``), a read at a time: a client
+    trickling a body would hold that thread until it finished, and a handful of them every page of the
+    gateway, ``/health`` included (nginx buffers request bodies before its upstreams for the same reason).
+    Here a slow body waits as a coroutine, within ``GATEWAY_REQUEST_BODY_TIMEOUT`` and
+    :func:`django_side_body_limit`; one that cannot be read whole is handed on empty, its refusal in the
+    scope for :class:`proxy.middleware.UnreadBodyMiddleware` to answer, so the request still gets its
+    request id, access line and metrics."""
+    declared: bytes | None = None
+    framed = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared, framed = value, True
+        elif name == b"transfer-encoding":
+            framed = True
+    if not framed:
+        return receive  # no body
+    limit = django_side_body_limit()
+    body = b""
+    try:
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(details={"max_bytes": limit})  # refused unread, as the proxy does
+        body = await receive_whole_body(receive, limit)
+    except ApplicationError as refusal:
+        scope[BODY_REFUSAL_SCOPE_KEY] = refusal
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()  # past the body: only the client's disconnect is left to hear
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -86,6 +86,17 @@ class BadRequest(ApplicationError):
     closes_connection = True
 
 
+class RequestTimeout(ApplicationError):
+    """The body did not arrive whole within ``GATEWAY_REQUEST_BODY_TIMEOUT`` of the first wait for it. Each
+    read is bounded by the server, but a body trickled a byte at a time would otherwise hold its request,
+    and a connection, for ever (a slow-POST attack); the rest of it is never read, so the connection closes."""
+
+    status_code = 408
+    code = "request_timeout"
+    message = "The request body did not arrive in time."
+    closes_connection = True
+
+
 class ExpectationFailed(ApplicationError):
     """An ``Expect`` other than ``100-continue``, the only expectation HTTP defines (RFC 9110 10.1.1): the
     gateway would meet no other, and does not pass it on. The body its sender may be holding back is never
@@ -230,11 +241,7 @@ class _Outcome:
 
     def refusal(self, exc: ApplicationError, quota: ratelimit.Quota | None = None) -> HttpResponseBase:
         self.quota = self.quota or quota
-        response = error_response(exc.status_code, exc.code, exc.message, exc.details)
-        for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
-            response[name] = value
-        if getattr(exc, "closes_connection", False) and _server_honours_close(self.request.META):
-            response["Connection"] = "close"
+        response = refusal_response(exc, self.request.META)
         if isinstance(exc, MethodNotAllowed):
             response["Allow"] = ", ".join(sorted(exc.details["allowed"]))
         elif exc.status_code == 401:
@@ -272,6 +279,17 @@ async def _authenticate_async(request: HttpRequest, route: Route) -> tuple[int |
     if route.auth == "none" or not authorization or cached_claims(authorization) is not None:
         return _authenticate(request, route)
     return await asyncio.get_running_loop().run_in_executor(None, _authenticate, request, route)
+
+
+def refusal_response(exc: ApplicationError, environ: dict[str, Any]) -> HttpResponseBase:
+    """The error envelope of a refused request, with the refusal's own headers, closing the connection
+    when the refusal leaves a body unread (``closes_connection``)."""
+    response = error_response(exc.status_code, exc.code, exc.message, exc.details)
+    for name, value in getattr(exc, "headers", {}).items():  # e.g. an open breaker's Retry-After
+        response[name] = value
+    if getattr(exc, "closes_connection", False) and _server_honours_close(environ):
+        response["Connection"] = "close"
+    return response
 
 
 def _server_honours_close(environ: dict[str, Any]) -> bool:
@@ -336,23 +354,35 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
 
 
 async def _receive_body(environ: dict[str, Any], receive: Receive, limit: int) -> bytes:
-    """At most ``limit`` bytes of the body, from the ASGI messages; counted as they arrive, so a chunked
-    body is refused once it passes the limit, without being read to its end."""
+    """At most ``limit`` bytes of the body, from the ASGI messages (:func:`receive_whole_body`)."""
     if _body_length(environ, limit) is None:
         return b""
+    return await receive_whole_body(receive, limit)
+
+
+async def receive_whole_body(receive: Receive, limit: int) -> bytes:
+    """The whole body from the ASGI messages, at most ``limit`` bytes of it, within
+    ``GATEWAY_REQUEST_BODY_TIMEOUT``. Counted as it arrives, so a chunked body is refused once it passes the
+    limit, without being read to its end (:class:`PayloadTooLarge`); a body not whole in time is
+    :class:`RequestTimeout`, one cut short by the client :class:`BadRequest`."""
+    timeout = settings.GATEWAY_REQUEST_BODY_TIMEOUT
     chunks: list[bytes] = []
     received = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: the client went away mid-body
-            raise BadRequest("The request body could not be read.")
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(details={"max_bytes": limit})
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect: the client went away mid-body
+                    raise BadRequest("The request body could not be read.")
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(details={"max_bytes": limit})
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError as exc:
+        raise RequestTimeout(details={"timeout_seconds": timeout}) from exc
 
 
 def _upstream_headers(request: HttpRequest, outcome: _Outcome, body: bytes) -> dict[str, str]:

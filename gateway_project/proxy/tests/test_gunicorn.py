@@ -485,3 +485,137 @@ def test_an_expectation_other_than_100_continue_is_417_and_reaches_no_service(
     assert json.loads(body)["error"]["code"] == "expectation_failed"
     assert headers["Connection"] == "close"
     assert received_by_any(stubs) == []
+
+
+BODY_DEADLINE = 2.0  # GATEWAY_REQUEST_BODY_TIMEOUT of the slow-body gateway
+
+
+@pytest.fixture(scope="module")
+def slow_body_gateway(
+    stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A worker with two threads for Django's pages and BODY_DEADLINE seconds for a request body to arrive."""
+    with gateway_process(
+        tmp_path_factory.mktemp("slow-body"),
+        {name: stub.url for name, stub in stubs.items()},
+        GATEWAY_DJANGO_THREADS="2",
+        GATEWAY_REQUEST_BODY_TIMEOUT=str(BODY_DEADLINE),
+    ) as gateway:
+        yield gateway
+
+
+def _start_post(port: int, target: str, declared: int, first_bytes: bytes, *headers: str) -> socket.socket:
+    """A POST whose head declares ``declared`` bytes of body, of which only ``first_bytes`` are sent."""
+    head = [f"POST {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {declared}", *headers]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + first_bytes)
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> tuple[http.client.HTTPResponse, dict[str, Any]]:
+    response = http.client.HTTPResponse(sock, method="POST")
+    response.begin()
+    return response, json.loads(response.read())
+
+
+def test_bodies_that_never_finish_hold_no_thread_and_are_408_at_the_deadline(
+    slow_body_gateway: GatewayProcess, stubs: dict[str, StubUpstream]
+) -> None:
+    gateway = slow_body_gateway
+    form = "Content-Type: application/x-www-form-urlencoded"
+    # given more clients than the worker has threads for Django's pages, each sending a form to a service's
+    # admin page (which the gateway forwards from one of those threads) and stopping halfway
+    slow = [
+        _start_post(gateway.port, f"/admin/{service}/shop/item/add/", 100, b"name=a", form)
+        for service in ("users", "orders", "payments")
+    ]
+    started = time.monotonic()
+
+    # when someone else asks for one of its pages meanwhile
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        live, _ = _answer_on(sock, f"GET /health/live/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+
+    # then it is answered at once: the unfinished bodies wait on the event loop, not on the page threads
+    assert live.status == 200
+    assert time.monotonic() - started < BODY_DEADLINE - 0.5
+
+    # and each unfinished one is refused once its time is up, in the envelope, and its connection closed
+    for sock in slow:
+        with sock:
+            response, envelope = _read_answer(sock)
+            assert response.status == 408
+            assert envelope["error"]["code"] == "request_timeout"
+            assert response.headers["Connection"] == "close"
+            assert sock.recv(1) == b""
+    assert BODY_DEADLINE - 0.5 < time.monotonic() - started < BODY_DEADLINE + 3
+
+    # and the service never saw the forwarded one; the access log has each, with its code
+    assert received_by_any(stubs) == []
+    assert gateway.log().count('"error":"request_timeout"') >= 3
+
+
+def test_a_body_trickled_past_the_deadline_is_408_and_reaches_no_service(
+    slow_body_gateway: GatewayProcess, stubs: dict[str, StubUpstream], make_token: Callable[..., str]
+) -> None:
+    gateway = slow_body_gateway
+    # given a client that sends its order a byte at a time, each well within any wait for the next read
+    sock = _start_post(gateway.port, "/api/v1/orders/", 1000, b"{", f"Authorization: Bearer {make_token()}")
+    started = time.monotonic()
+    with sock:
+        sock.settimeout(0.2)
+        answer = b""
+        while not answer and time.monotonic() - started < BODY_DEADLINE + 3:
+            try:
+                sock.sendall(b" ")
+                answer = sock.recv(1, socket.MSG_PEEK)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                break
+        sock.settimeout(5)
+        response, envelope = _read_answer(sock)
+
+    # then it is refused once the body's time is up, and the service never sees any of it
+    assert response.status == 408
+    assert envelope["error"]["code"] == "request_timeout"
+    assert response.headers["Connection"] == "close"
+    assert BODY_DEADLINE - 0.5 < time.monotonic() - started < BODY_DEADLINE + 3
+    assert received_by_any(stubs) == []
+
+
+def test_a_form_for_a_service_admin_page_reaches_it_whole_after_being_read_on_the_loop(
+    gateway: Gateway, orders: StubUpstream
+) -> None:
+    # given a form sent chunked, in three pieces, to a service's admin page (Django's side of the gateway)
+    form = b"name=lamp&price=12.50&notes=" + b"x" * 300
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in (form[:10], form[10:200], form[200:]))
+    status, _, body = gateway.request(
+        "POST",
+        "/admin/orders/shop/item/add/",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Transfer-Encoding": "chunked"},
+        body=chunked + b"0\r\n\r\n",
+    )
+
+    # then the service gets all of it, once
+    assert status == 200, body
+    assert [request.body for request in orders.received] == [form]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_body_over_the_limit_for_a_django_page_is_413_before_django_reads_it(
+    gateway: Gateway, stubs: dict[str, StubUpstream], chunked: bool
+) -> None:
+    limit = 1024 * 1024  # DATA_UPLOAD_MAX_MEMORY_SIZE: above this gateway's MAX_REQUEST_BODY_BYTES
+    if chunked:
+        piece = b"a" * 65536
+        framing, body = {"Transfer-Encoding": "chunked"}, b"%x\r\n%s\r\n" % (len(piece), piece) * 17 + b"0\r\n\r\n"
+    else:
+        framing, body = {"Content-Length": str(limit + 1)}, b""  # declared, never sent
+
+    status, headers, answer = gateway.request("POST", "/admin/orders/shop/item/add/", headers=framing, body=body)
+
+    assert status == 413
+    error = json.loads(answer)["error"]
+    assert (error["code"], error["details"]) == ("payload_too_large", {"max_bytes": limit})
+    assert headers["Connection"] == "close"
+    assert received_by_any(stubs) == []
