@@ -135,6 +135,8 @@ GATEWAY_DJANGO_THREADS = config("GATEWAY_DJANGO_THREADS", default=8, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
 # Seconds a request body has to arrive whole, however it trickles in; past it, 408 request_timeout.
 GATEWAY_REQUEST_BODY_TIMEOUT = config("GATEWAY_REQUEST_BODY_TIMEOUT", default=30.0, cast=float)
+# Seconds a client has to take the next part of an answer (nginx's send_timeout); past it, the connection closes.
+GATEWAY_SEND_TIMEOUT = config("GATEWAY_SEND_TIMEOUT", default=60.0, cast=float)
 # All request header lines together; a route may set less (proxy/routes.py). Over it: 431.
 MAX_REQUEST_HEADER_BYTES = config("MAX_REQUEST_HEADER_BYTES", default=16 * 1024, cast=int)
 HEALTH_CHECK_TIMEOUT = config("HEALTH_CHECK_TIMEOUT", default=3.0, cast=float)

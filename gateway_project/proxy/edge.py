@@ -246,6 +246,9 @@ class ProxyApp:
             sent = 0
             try:
                 sent = await _send_response(response, send, receive)
+            except ClientStalled as stalled:
+                # Returning mid-answer makes the server close the connection: the client cannot take it as whole.
+                sent, error_code = stalled.sent, ClientStalled.code
             finally:
                 if isinstance(response, ProxiedResponse):
                     response.body_stream.close()  # the upstream connection back to the pool, or closed
@@ -310,11 +313,34 @@ def _record_exception(sender: Any, request: HttpRequest | None = None, **kwargs:
 got_request_exception.connect(_record_exception, dispatch_uid="proxy.edge.record_exception")
 
 
+class ClientStalled(Exception):
+    """The client took nothing of its answer for ``GATEWAY_SEND_TIMEOUT`` seconds; ``sent``: the bytes of
+    body it was handed before."""
+
+    code = "client_timeout"  # the access line's and the metrics' error
+
+    def __init__(self, sent: int = 0) -> None:
+        super().__init__(sent)
+        self.sent = sent
+
+
+async def _send_in_time(send: Send, message: Message) -> None:
+    """``send(message)``, within ``GATEWAY_SEND_TIMEOUT`` (nginx's ``send_timeout``). The server's send
+    waits while the client's connection is full: a client that stops reading would otherwise hold the
+    request, its connection to the service and a place among ``GATEWAY_MAX_IN_FLIGHT`` for ever."""
+    try:
+        async with asyncio.timeout(settings.GATEWAY_SEND_TIMEOUT):
+            await send(message)
+    except TimeoutError as exc:
+        raise ClientStalled() from exc
+
+
 async def _send_response(response: HttpResponseBase, send: Send, receive: Receive) -> int:
     """Send the response; the bytes of body sent. A proxied body streams as the service sends it, each
     chunk passed on as it comes, the last one with the end of the response. Once a body takes more than one
     chunk, the client's connection is watched: when the client goes away, the rest of the service's answer
-    is not read (an endless one would otherwise be read for ever, the server dropping every chunk)."""
+    is not read (an endless one would otherwise be read for ever, the server dropping every chunk).
+    :class:`ClientStalled` when the client stops taking it."""
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
     for cookie in response.cookies.values():
         headers.append((b"set-cookie", cookie.output(header="").strip().encode("latin-1")))
@@ -323,7 +349,7 @@ async def _send_response(response: HttpResponseBase, send: Send, receive: Receiv
         if not response.has_header("Content-Length"):
             headers.append((b"content-length", str(len(body)).encode("latin-1")))
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_in_time(send, {"type": "http.response.body", "body": body})
         return len(body)
     await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
     sent = 0
@@ -336,11 +362,14 @@ async def _send_response(response: HttpResponseBase, send: Send, receive: Receiv
                     client_gone = asyncio.ensure_future(_disconnected(receive))
                 elif client_gone.done():
                     return sent  # the body is left unread: its connection is closed, not reused
-                await send({"type": "http.response.body", "body": pending, "more_body": True})
+                await _send_in_time(send, {"type": "http.response.body", "body": pending, "more_body": True})
                 sent += len(pending)
             pending = chunk
-        await send({"type": "http.response.body", "body": pending or b""})
+        await _send_in_time(send, {"type": "http.response.body", "body": pending or b""})
         return sent + len(pending or b"")
+    except ClientStalled as stalled:
+        stalled.sent = sent  # the body is left unread: its connection is closed, not reused
+        raise
     finally:
         if client_gone is not None:
             client_gone.cancel()
@@ -380,12 +409,32 @@ def edge_application(django_app: ASGIApp, proxy_app: ASGIApp) -> ASGIApp:
             if is_proxied(repercent_broken_unicode(path_info.encode("latin-1")).decode()):
                 await proxy_app(scope, receive, send)
             else:
-                await django_app(scope, await _with_whole_body(scope, receive), send)
+                await django_app(scope, await _with_whole_body(scope, receive), _UntilStalled(send))
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
         # websocket: not served; returning closes it
 
     return application
+
+
+class _UntilStalled:
+    """The ``send`` to hand Django's side: each message within ``GATEWAY_SEND_TIMEOUT``
+    (:func:`_send_in_time`); once the client has stalled, every later one is dropped at once. Django's
+    thread then runs to the end of its answer instead of waiting on the client (a2wsgi's thread waits for
+    each message to be taken, and an error here would leave it waiting for ever); the answer is left
+    unfinished, so the server closes the connection."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.stalled = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.stalled:
+            return
+        try:
+            await _send_in_time(self.send, message)
+        except ClientStalled:
+            self.stalled = True
 
 
 def django_side_body_limit() -> int:

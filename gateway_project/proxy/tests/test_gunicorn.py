@@ -619,3 +619,87 @@ def test_a_body_over_the_limit_for_a_django_page_is_413_before_django_reads_it(
     assert (error["code"], error["details"]) == ("payload_too_large", {"max_bytes": limit})
     assert headers["Connection"] == "close"
     assert received_by_any(stubs) == []
+
+
+SEND_DEADLINE = 2.0  # GATEWAY_SEND_TIMEOUT of the slow-reader gateway
+# Larger than what the kernel's socket buffers and the server's own take in for a client that reads nothing.
+LARGE_ANSWER = b"x" * (16 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def slow_reader_gateway(
+    stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A worker with two threads for Django's pages that waits SEND_DEADLINE seconds for a client to read."""
+    with gateway_process(
+        tmp_path_factory.mktemp("slow-reader"),
+        {name: stub.url for name, stub in stubs.items()},
+        GATEWAY_DJANGO_THREADS="2",
+        GATEWAY_SEND_TIMEOUT=str(SEND_DEADLINE),
+    ) as gateway:
+        yield gateway
+
+
+def _stalled_reader(port: int, target: str) -> socket.socket:
+    """A client that asks for ``target`` and then reads nothing (a small receive buffer, so it fills fast)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> int:
+    """How much the gateway sent before it closed the connection; fails past ``limit`` seconds."""
+    sock.settimeout(limit)
+    received = 0
+    while chunk := sock.recv(65536):
+        received += len(chunk)
+    return received
+
+
+def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline(
+    slow_reader_gateway: GatewayProcess, orders: StubUpstream
+) -> None:
+    gateway = slow_reader_gateway
+    orders.reply("/admin/orders/export/", body=LARGE_ANSWER)
+    # given more clients than the worker has threads for Django's pages, each asking for a large page of a
+    # service's admin (forwarded from one of those threads), and then reading nothing
+    stalled = [_stalled_reader(gateway.port, "/admin/orders/export/") for _ in range(3)]
+    started = time.monotonic()
+
+    # when someone else asks for one of its pages meanwhile
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=SEND_DEADLINE + 3) as sock:
+        live, _ = _answer_on(sock, f"GET /health/live/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+
+    # then it is answered once the stalled clients' time is up, and not later (it waited for ever before)
+    assert live.status == 200
+    assert time.monotonic() - started < SEND_DEADLINE + 1.5
+
+    # and each stalled client's connection is closed, the rest of its answer never sent (the third waited
+    # for a thread, so its time is up one deadline later; reading before that would un-stall it)
+    time.sleep(max(0.0, started + 2 * SEND_DEADLINE + 1 - time.monotonic()))
+    for sock in stalled:
+        with sock:
+            assert _read_until_closed(sock, limit=5) < len(LARGE_ANSWER)
+
+
+def test_an_api_answer_a_client_stops_reading_is_cut_off_at_the_deadline(
+    slow_reader_gateway: GatewayProcess, orders: StubUpstream
+) -> None:
+    gateway = slow_reader_gateway
+    orders.reply("/api/v2/products/", body=LARGE_ANSWER, headers=[("Content-Type", "application/json")])
+    # given a client that asks for a large answer and reads nothing of it
+    with _stalled_reader(gateway.port, "/api/v2/products/?page=all") as sock:
+        time.sleep(SEND_DEADLINE + 1)
+
+        # then its connection has been closed once it had taken nothing for the deadline, the rest never sent
+        assert _read_until_closed(sock, limit=5) < len(LARGE_ANSWER)
+
+    # and the access log says why the answer was cut short
+    deadline = time.monotonic() + 5
+    while '"error":"client_timeout"' not in gateway.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(line for line in gateway.log().splitlines() if '"error":"client_timeout"' in line)
+    assert '"route":"/api/v2/products/"' in line
