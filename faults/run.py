@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fault tests of the event pipeline and the order saga, in real mode, with figures (issue 4).
+"""Fault tests of the event pipeline, the order saga and the gateway, in real mode, with figures.
 
     .venv/bin/python faults/run.py                  # every scenario: 3 to 7 minutes, by the machine's load
     .venv/bin/python faults/run.py --only 6,5       # some of them
@@ -26,6 +26,9 @@ Scenarios:
   7. the order service's hypothesis state machine over the saga (orders/tests/test_saga_properties.py)
      with many more examples than the suite runs, on PostgreSQL: charges per order <= 1, total charged =
      total paid minus refunded, stock conserved; the counts of what it did
+  8. the gateway under slow-client attack (request heads and bodies sent a byte at a time, answers never
+     read) from more connections than it has threads: customers' requests meanwhile all answered, and
+     promptly; every attacker cut off at its deadline; no attacker's order reaches the order service
 
 It prints what each scenario did and its figures, then a summary table; the exit status is 1 when any
 invariant failed (or the harness could not run), 0 otherwise. Everything it started is stopped on exit,
@@ -39,8 +42,10 @@ import argparse
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -113,7 +118,12 @@ RUN_SETTINGS = {
     "EVENT_RETRY_BACKOFF": "0.2",
     "EVENT_RETRY_BACKOFF_MAX": "1",
     "LOG_LEVEL": "INFO",
+    # Scenario 8's attackers are cut off after these (10, 30 and 60 s by default).
+    "GATEWAY_REQUEST_HEAD_TIMEOUT": "3",
+    "GATEWAY_REQUEST_BODY_TIMEOUT": "3",
+    "GATEWAY_SEND_TIMEOUT": "3",
 }
+ATTACK_DEADLINE = 3.0  # the three gateway timeouts above
 PAYMENT_READ_TIMEOUT = float(RUN_SETTINGS["SERVICE_READ_TIMEOUT"])
 ORDER_DEADLINE = 15.0  # the gateway's read timeout: POST /orders/ must answer within it
 SETTLED = ("confirmed", "cancelled")
@@ -948,6 +958,175 @@ def scenario_7(run: Run, result: Result) -> None:
     result.check(counts.get("double charges", 1) == 0, "0 double charges")
 
 
+# --------------------------------------------------------------------------------------------------
+# Scenario 8: the gateway under slow-client attack
+
+
+@dataclass
+class Attacker:
+    """One attacking connection: ``slow_head`` sends a request head a byte at a time, ``slow_body`` a whole
+    head and then its body a byte at a time, ``slow_reader`` asks for large answers and reads nothing."""
+
+    kind: str
+    sock: socket.socket
+    opened: float
+    received: bytearray = field(default_factory=bytearray)
+    closed_after: float | None = None  # seconds from opening until the gateway closed it
+
+    @property
+    def status(self) -> int | None:
+        head = bytes(self.received[:12])
+        return int(head[9:12]) if head.startswith(b"HTTP/1.1 ") and head[9:12].isdigit() else None
+
+
+def _attacker(kind: str, address: tuple[str, int], first_bytes: bytes) -> Attacker:
+    sock = socket.create_connection(address, timeout=5)
+    if kind == "slow_reader":
+        # A small window, so that the answers fill the buffers on the way; not so small that reading what
+        # got through takes long.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(first_bytes)
+    sock.setblocking(False)
+    return Attacker(kind, sock, time.monotonic())
+
+
+def _trickle_and_watch(attackers: list[Attacker], until: float) -> None:
+    """Send each slow head and body one more byte every half second, and note what the gateway answers and
+    when it closes each; slow readers are left unread."""
+    selector = selectors.DefaultSelector()
+    for attacker in attackers:
+        if attacker.kind != "slow_reader":
+            selector.register(attacker.sock, selectors.EVENT_READ, attacker)
+    next_byte = time.monotonic()
+    while selector.get_map() and time.monotonic() < until:
+        for key, _ in selector.select(timeout=0.1):
+            attacker = key.data
+            try:
+                data = attacker.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            attacker.received += data
+            if not data:
+                attacker.closed_after = time.monotonic() - attacker.opened
+                selector.unregister(attacker.sock)
+        if time.monotonic() >= next_byte:
+            next_byte += 0.5
+            for key in list(selector.get_map().values()):
+                with contextlib.suppress(OSError):  # closed by the gateway: noted when its end is read
+                    key.data.sock.send(b"a")
+    selector.close()
+
+
+def scenario_8(run: Run, result: Result) -> None:
+    customer = run.customers[0]
+    attacker_account = run.api.sign_up("attacker")
+    address = ("127.0.0.1", run.system.ports["gateway"])
+    host = f"Host: 127.0.0.1:{address[1]}\r\n"
+    large = "/static/gateway/drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js.map"
+    large_size = len(run.api.get(large).content)
+    before = run.max_order_id()
+    threads = 2 * 8  # the gateway's workers x GATEWAY_DJANGO_THREADS: what Django's pages run on
+    slow_body = "POST {} HTTP/1.1\r\n" + host + "Content-Type: {}\r\nContent-Length: 10000\r\n{}\r\n{{"
+    attackers = [
+        *(_attacker("slow_head", address, b"GET /api/v1/products/ HTTP/1.1\r\n" + host.encode()) for _ in range(100)),
+        # A service's admin pages are forwarded from Django's threads; orders on the event loop.
+        *(
+            _attacker("slow_body", address, slow_body.format("/admin/orders/login/", "text/plain", "").encode())
+            for _ in range(threads + 14)
+        ),
+        *(
+            _attacker(
+                "slow_body",
+                address,
+                slow_body.format(
+                    "/api/v1/orders/", "application/json", f"Authorization: Bearer {attacker_account.token}\r\n"
+                ).encode(),
+            )
+            for _ in range(30)
+        ),
+        # Fewer than the threads: a stalled reader holds one for up to GATEWAY_SEND_TIMEOUT (README).
+        *(_attacker("slow_reader", address, f"GET {large} HTTP/1.1\r\n{host}\r\n".encode() * 4) for _ in range(6)),
+    ]
+    kinds = Counter(attacker.kind for attacker in attackers)
+    result.note(
+        f"{len(attackers)} attacking connections: {dict(kinds)} (readers each ask 4 times for a {large_size} B file); "
+        f"gateway deadlines {ATTACK_DEADLINE:.0f} s; Django's pages on {threads} threads"
+    )
+
+    window = 2 * ATTACK_DEADLINE + 1
+    watcher = threading.Thread(target=_trickle_and_watch, args=(attackers, time.monotonic() + window + 2))
+    watcher.start()
+    latencies: dict[str, list[float]] = {}
+    failures: list[str] = []
+    session = requests.Session()
+    session.trust_env = False
+    bearer = {"Authorization": f"Bearer {customer.token}"}
+    stop_at = time.monotonic() + window
+    while time.monotonic() < stop_at:
+        for path in ("/api/v1/orders/", "/api/v1/me/overview", "/health/ready/"):
+            sent = time.monotonic()
+            try:
+                status = session.get(run.api.base_url + path, headers=bearer, timeout=10).status_code
+            except requests.RequestException as error:
+                status, error_text = 0, type(error).__name__
+            else:
+                error_text = str(status)
+            latencies.setdefault(path, []).append(time.monotonic() - sent)
+            if status != 200:
+                failures.append(f"{path}: {error_text}")
+        time.sleep(0.05)
+    watcher.join()
+
+    reader_bytes = []
+    for attacker in attackers:
+        if attacker.kind == "slow_reader":
+            attacker.sock.setblocking(True)
+            attacker.sock.settimeout(5)
+            received = 0
+            with contextlib.suppress(OSError):
+                while chunk := attacker.sock.recv(65536):
+                    received += len(chunk)
+            reader_bytes.append(received)
+        attacker.sock.close()
+
+    answered = sum(len(times) for times in latencies.values())
+    slowest = {path: max(times) for path, times in latencies.items()}
+    for path, times in latencies.items():
+        ordered = sorted(times)
+        result.note(
+            f"{path}: {len(times)} requests, p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, "
+            f"max {ordered[-1] * 1000:.0f} ms"
+        )
+    heads = [a for a in attackers if a.kind == "slow_head"]
+    bodies = [a for a in attackers if a.kind == "slow_body"]
+    body_statuses = Counter(attacker.status for attacker in bodies)
+    cut_after = [a.closed_after for a in heads + bodies if a.closed_after is not None]
+    new_orders = [o for o in run.orders_after(before).values() if o["user_id"] == attacker_account.user_id]
+    result.note(f"slow bodies answered {dict(body_statuses)}; readers got {reader_bytes} of {4 * large_size} B each")
+    result.figure("customer requests", answered)
+    result.figure("customer failures", len(failures))
+    result.figure("slowest customer ms", round(max(slowest.values()) * 1000))
+    result.figure("attackers cut off", len(cut_after) + sum(1 for n in reader_bytes if n < 4 * large_size))
+    result.check(not failures, f"every customer request answered 200 during the attack {failures[:5]}")
+    result.check(
+        max(slowest.values()) < ATTACK_DEADLINE,
+        f"no customer request waited for an attacker's deadline (each answered in under {ATTACK_DEADLINE:.0f} s)",
+    )
+    result.check(
+        all(a.closed_after is not None and not a.received for a in heads),
+        "every slow head closed unanswered",
+    )
+    result.check(body_statuses == Counter({408: len(bodies)}), "every slow body answered 408")
+    result.check(
+        all(a.closed_after is not None and a.closed_after < ATTACK_DEADLINE + 2 for a in heads + bodies),
+        f"every slow head and body cut off within {ATTACK_DEADLINE + 2:.0f} s",
+    )
+    result.check(all(n < 4 * large_size for n in reader_bytes), "every reader cut off before its answers were sent")
+    result.check(not new_orders, "no order of the attacker reached the order service")
+
+
 SCENARIOS: dict[int, tuple[str, Callable[..., None]]] = {
     6: ("10 concurrent requests, one Idempotency-Key", scenario_6),
     5: ("payment service down, then slow", scenario_5),
@@ -956,6 +1135,7 @@ SCENARIOS: dict[int, tuple[str, Callable[..., None]]] = {
     2: ("consumer worker SIGKILLed mid-task", scenario_2),
     3: ("a poison event", scenario_3),
     7: ("saga property test, at length", scenario_7),
+    8: ("the gateway under slow-client attack", scenario_8),
 }
 
 
@@ -976,7 +1156,7 @@ def print_summary(results: list[Result]) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="6,5,1,4,2,3,7", help="scenarios to run, in this order (default: all)")
+    parser.add_argument("--only", default="8,6,5,1,4,2,3,7", help="scenarios to run, in this order (default: all)")
     parser.add_argument("--orders", type=int, default=300, help="orders placed in scenario 1")
     parser.add_argument("--customers", type=int, default=4, help="customers signed up (passwords are slow)")
     parser.add_argument("--time-limit", type=float, default=540, help="seconds before the watchdog stops the run")
