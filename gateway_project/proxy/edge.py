@@ -12,13 +12,15 @@ middleware that acts on an API path and calls :func:`proxy.views.proxy_view_asyn
 - :func:`edge_application` dispatches by path: :func:`is_proxied` paths to :class:`ProxyApp`; the admin,
   the services' forwarded admin pages and static files, the API docs, ``/api/v1/me/overview``, the config
   center, ``/metrics`` and ``/health`` to Django's full WSGI handler on a pool of threads (a2wsgi), as
-  before. Both see the same WSGI environ gunicorn's WSGI worker made: ``RAW_URI`` (the target as sent,
-  for the path hygiene), a ``PATH_INFO`` decoded the same way, ``SERVER_SOFTWARE``.
+  before, once their request body has arrived whole (:func:`_with_whole_body`: a slow one waits on the
+  loop, not on a thread). Both see the same WSGI environ gunicorn's WSGI worker made: ``RAW_URI`` (the
+  target as sent, for the path hygiene), a ``PATH_INFO`` decoded the same way, ``SERVER_SOFTWARE``.
 - :class:`ProxyApp` per request: the server span (a new trace's root, the client's ``traceparent`` only
   linked), the request id, then the layers :data:`EDGE_LAYERS` (path hygiene, CORS, the security and
   clickjacking headers) around the proxy view, each converting an exception into the response Django's
   handler would give (``common.errors.handler500``'s JSON 500); it streams the answer to the client and
-  writes the access-log line and metrics once the last byte is out.
+  writes the access-log line and metrics once the last byte is out. Both sides give up on a client that
+  takes nothing of its answer for ``GATEWAY_SEND_TIMEOUT`` (:func:`_send_in_time`).
 
 What may block runs off the loop: a token not verified recently is checked on a thread (its key set may
 have to be fetched), and Django's own pages run on theirs. The rate limit's Redis increment is awaited
