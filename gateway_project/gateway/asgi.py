@@ -3,7 +3,8 @@
 
 Every forwarded ``/api/`` path is answered on the worker's event loop by :class:`proxy.edge.ProxyApp`;
 everything else by Django's full WSGI handler on a pool of ``GATEWAY_DJANGO_THREADS`` threads (a2wsgi), as
-under a WSGI server. proxy/edge.py says why; bench/README.md what it saves.
+under a WSGI server, the health checks and metrics on two threads of their own. proxy/edge.py says why;
+bench/README.md what it saves.
 """
 
 import os
@@ -27,6 +28,12 @@ from proxy.edge import ProxyApp, django_side, edge_application  # noqa: E402
 # Before the worker's event loop serves: the first load of the runtime configuration reads the database.
 runtime_config.start()
 
+# /health and /metrics get threads of their own (proxy.edge.edge_application says why): the checks are
+# quick, and the full /health document is computed at most once a second per worker.
+OPERATIONS_THREADS = 2
+
 application = edge_application(
-    WSGIMiddleware(django_side(django_application), workers=settings.GATEWAY_DJANGO_THREADS), ProxyApp()
+    WSGIMiddleware(django_side(django_application), workers=settings.GATEWAY_DJANGO_THREADS),
+    ProxyApp(),
+    WSGIMiddleware(django_side(django_application), workers=OPERATIONS_THREADS),
 )

@@ -400,18 +400,28 @@ def raw_uri(scope: Scope) -> str:
     return (raw_path + b"?" + query if query else raw_path).decode("latin-1")
 
 
-def edge_application(django_app: ASGIApp, proxy_app: ASGIApp) -> ASGIApp:
-    """The gateway's ASGI application: proxied API paths to ``proxy_app``, the rest to ``django_app``."""
+def is_operations(path_info: str) -> bool:
+    """Whether this (decoded) path is one of the gateway's health checks or its metrics."""
+    return path_info in ("/health", "/metrics") or path_info.startswith("/health/")
+
+
+def edge_application(django_app: ASGIApp, proxy_app: ASGIApp, operations_app: ASGIApp | None = None) -> ASGIApp:
+    """The gateway's ASGI application: proxied API paths to ``proxy_app``, the rest to ``django_app``, or,
+    given an ``operations_app`` (Django on threads of its own), the health checks and metrics to that: a
+    bulkhead, so that whatever holds the page threads (slow pages, clients that stop reading an answer
+    for up to ``GATEWAY_SEND_TIMEOUT``) never keeps a load balancer's check or a scrape waiting."""
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             _move_client_trace_headers(scope)
             path_info = scope["shop.wsgi_path"] = wsgi_path(scope)
             # The same decoded path Django's URL resolver and the proxy view read (request.path_info).
-            if is_proxied(repercent_broken_unicode(path_info.encode("latin-1")).decode()):
+            decoded = repercent_broken_unicode(path_info.encode("latin-1")).decode()
+            if is_proxied(decoded):
                 await proxy_app(scope, receive, send)
-            else:
-                await django_app(scope, await _with_whole_body(scope, receive), _UntilStalled(send))
+                return
+            django = operations_app if operations_app is not None and is_operations(decoded) else django_app
+            await django(scope, await _with_whole_body(scope, receive), _UntilStalled(send))
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
         # websocket: not served; returning closes it

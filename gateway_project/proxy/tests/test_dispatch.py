@@ -115,6 +115,18 @@ def test_api_requests_take_the_edge_and_the_rest_django(
     assert django_app.paths == ["/health/live/", "/admin/login/", "/api/docs/"]
 
 
+@pytest.mark.parametrize("path", ["/health", "/health/", "/health/live/", "/health/ready/", "/metrics"])
+def test_health_checks_and_metrics_take_their_own_threads_when_given(path: str) -> None:
+    pages, operations = Recorded(django_asgi()), Recorded(django_asgi())
+    application = edge.edge_application(pages, edge.ProxyApp(), operations)
+
+    call(application, "GET", path)
+    call(application, "GET", "/admin/login/")
+
+    assert operations.paths == [path]
+    assert pages.paths == ["/admin/login/"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "with_token", "headers"),
     [

@@ -533,10 +533,10 @@ def test_bodies_that_never_finish_hold_no_thread_and_are_408_at_the_deadline(
 
     # when someone else asks for one of its pages meanwhile
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
-        live, _ = _answer_on(sock, f"GET /health/live/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+        page, _ = _answer_on(sock, f"GET /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
 
     # then it is answered at once: the unfinished bodies wait on the event loop, not on the page threads
-    assert live.status == 200
+    assert page.status == 200
     assert time.monotonic() - started < BODY_DEADLINE - 0.5
 
     # and each unfinished one is refused once its time is up, in the envelope, and its connection closed
@@ -659,7 +659,7 @@ def _read_until_closed(sock: socket.socket, limit: float) -> int:
     return received
 
 
-def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline(
+def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline_and_never_the_health_checks(
     slow_reader_gateway: GatewayProcess, orders: StubUpstream
 ) -> None:
     gateway = slow_reader_gateway
@@ -668,14 +668,22 @@ def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline(
     # service's admin (forwarded from one of those threads), and then reading nothing
     stalled = [_stalled_reader(gateway.port, "/admin/orders/export/") for _ in range(3)]
     started = time.monotonic()
+    address = ("127.0.0.1", gateway.port)
 
-    # when someone else asks for one of its pages meanwhile
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=SEND_DEADLINE + 5) as sock:
+    # when a load balancer checks the gateway meanwhile, and someone asks for one of its pages
+    with socket.create_connection(address, timeout=5) as sock:
         live, _ = _answer_on(sock, f"GET /health/live/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+    checked = time.monotonic() - started
+    with socket.create_connection(address, timeout=SEND_DEADLINE + 5) as sock:
+        page, _ = _answer_on(sock, f"GET /admin/login/ HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n\r\n".encode())
+    served = time.monotonic() - started
 
-    # then it is answered once the stalled clients' time is up, and not later (it waited for ever before)
+    # then the check is answered at once, on threads of its own
     assert live.status == 200
-    assert time.monotonic() - started < SEND_DEADLINE + 3
+    assert checked < 1.5
+    # and the page once the stalled clients' time is up, and not later (it waited for ever before)
+    assert page.status == 200
+    assert served < SEND_DEADLINE + 3
 
     # and each stalled client's connection is closed, the rest of its answer never sent (the third waited
     # for a thread, so its time is up one deadline later; reading before that would un-stall it)
