@@ -3,8 +3,8 @@
 
 Every forwarded ``/api/`` path is answered on the worker's event loop by :class:`proxy.edge.ProxyApp`;
 everything else by Django's full WSGI handler on a pool of ``GATEWAY_DJANGO_THREADS`` threads (a2wsgi), as
-under a WSGI server, the health checks and metrics on two threads of their own. proxy/edge.py says why;
-bench/README.md what it saves.
+under a WSGI server, the health checks and metrics, and the static files, each on threads of their own.
+proxy/edge.py says why; bench/README.md what it saves.
 """
 
 import os
@@ -23,17 +23,24 @@ configure_tracing(settings.SERVICE_NAME, trust_incoming_context=False)
 django_application = get_wsgi_application()  # sets Django up: the proxy modules need the app registry
 
 from configcenter import runtime as runtime_config  # noqa: E402  (imports models' apps, after setup)
-from proxy.edge import ProxyApp, django_side, edge_application  # noqa: E402
+from proxy.edge import ProxyApp, django_side, edge_application, is_operations, is_static  # noqa: E402
 
 # Before the worker's event loop serves: the first load of the runtime configuration reads the database.
 runtime_config.start()
 
-# /health and /metrics get threads of their own (proxy.edge.edge_application says why): the checks are
-# quick, and the full /health document is computed at most once a second per worker.
+# Bulkheads (proxy.edge.edge_application says why): the health checks and metrics, and the static files,
+# each on threads of their own. The checks are quick (the full /health document is computed at most once a
+# second per worker); a static file may be large, and read slowly.
 OPERATIONS_THREADS = 2
+STATIC_THREADS = 4
+
+
+def django_on(threads: int) -> WSGIMiddleware:
+    return WSGIMiddleware(django_side(django_application), workers=threads)
+
 
 application = edge_application(
-    WSGIMiddleware(django_side(django_application), workers=settings.GATEWAY_DJANGO_THREADS),
+    django_on(settings.GATEWAY_DJANGO_THREADS),
     ProxyApp(),
-    WSGIMiddleware(django_side(django_application), workers=OPERATIONS_THREADS),
+    bulkheads=((is_operations, django_on(OPERATIONS_THREADS)), (is_static, django_on(STATIC_THREADS))),
 )

@@ -37,7 +37,7 @@ import asyncio
 import io
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -405,11 +405,20 @@ def is_operations(path_info: str) -> bool:
     return path_info in ("/health", "/metrics") or path_info.startswith("/health/")
 
 
-def edge_application(django_app: ASGIApp, proxy_app: ASGIApp, operations_app: ASGIApp | None = None) -> ASGIApp:
-    """The gateway's ASGI application: proxied API paths to ``proxy_app``, the rest to ``django_app``, or,
-    given an ``operations_app`` (Django on threads of its own), the health checks and metrics to that: a
-    bulkhead, so that whatever holds the page threads (slow pages, clients that stop reading an answer
-    for up to ``GATEWAY_SEND_TIMEOUT``) never keeps a load balancer's check or a scrape waiting."""
+def is_static(path_info: str) -> bool:
+    """Whether this (decoded) path is a static file: the gateway's own, or a service's it forwards."""
+    return path_info.startswith("/static/")
+
+
+Bulkhead = tuple[Callable[[str], bool], ASGIApp]
+
+
+def edge_application(django_app: ASGIApp, proxy_app: ASGIApp, bulkheads: Sequence[Bulkhead] = ()) -> ASGIApp:
+    """The gateway's ASGI application: proxied API paths to ``proxy_app``; the paths a bulkhead's predicate
+    takes to its own application (Django on threads of its own), the first that does; the rest to
+    ``django_app``. The bulkheads keep what may hold threads for long (large static files read slowly:
+    a client that stops reading holds its thread up to ``GATEWAY_SEND_TIMEOUT``) from the pages and the API
+    answered on threads, and both from a load balancer's check or a scrape."""
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -420,7 +429,7 @@ def edge_application(django_app: ASGIApp, proxy_app: ASGIApp, operations_app: AS
             if is_proxied(decoded):
                 await proxy_app(scope, receive, send)
                 return
-            django = operations_app if operations_app is not None and is_operations(decoded) else django_app
+            django = next((app for takes, app in bulkheads if takes(decoded)), django_app)
             await django(scope, await _with_whole_body(scope, receive), _UntilStalled(send))
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)

@@ -115,16 +115,25 @@ def test_api_requests_take_the_edge_and_the_rest_django(
     assert django_app.paths == ["/health/live/", "/admin/login/", "/api/docs/"]
 
 
-@pytest.mark.parametrize("path", ["/health", "/health/", "/health/live/", "/health/ready/", "/metrics"])
-def test_health_checks_and_metrics_take_their_own_threads_when_given(path: str) -> None:
-    pages, operations = Recorded(django_asgi()), Recorded(django_asgi())
-    application = edge.edge_application(pages, edge.ProxyApp(), operations)
+@pytest.mark.parametrize(
+    ("path", "bulkhead"),
+    [
+        *((path, "operations") for path in ("/health", "/health/", "/health/live/", "/health/ready/", "/metrics")),
+        *((path, "static") for path in ("/static/gateway/admin/css/base.css", "/static/orders/app.css")),
+        *((path, "pages") for path in ("/admin/login/", "/admin/orders/", "/api/v1/me/overview", "/healthz")),
+    ],
+)
+def test_each_path_for_django_takes_its_bulkheads_threads(path: str, bulkhead: str) -> None:
+    apps = {name: Recorded(django_asgi()) for name in ("pages", "operations", "static")}
+    application = edge.edge_application(
+        apps["pages"],
+        edge.ProxyApp(),
+        bulkheads=((edge.is_operations, apps["operations"]), (edge.is_static, apps["static"])),
+    )
 
     call(application, "GET", path)
-    call(application, "GET", "/admin/login/")
 
-    assert operations.paths == [path]
-    assert pages.paths == ["/admin/login/"]
+    assert {name: app.paths for name, app in apps.items() if app.paths} == {bulkhead: [path]}
 
 
 @pytest.mark.parametrize(
