@@ -130,7 +130,8 @@ UPSTREAM_POOL_SIZE = config("UPSTREAM_POOL_SIZE", default=32, cast=int)
 # Forwarded requests a worker answers at once (each holds a connection to a service while it lasts); past
 # it, 503 gateway_busy with Retry-After at once (proxy/views.py GatewayBusy). Below the open-files limit.
 GATEWAY_MAX_IN_FLIGHT = config("GATEWAY_MAX_IN_FLIGHT", default=512, cast=int)
-# Threads per worker for what Django answers (gateway/asgi.py): admin, docs, overview, health, config center.
+# Threads per worker for what Django answers (gateway/asgi.py): admin, docs, overview, config center (the
+# health checks, metrics and static files have threads of their own).
 GATEWAY_DJANGO_THREADS = config("GATEWAY_DJANGO_THREADS", default=8, cast=int)
 MAX_REQUEST_BODY_BYTES = config("MAX_REQUEST_BODY_BYTES", default=1024 * 1024, cast=int)
 # Seconds a request body has to arrive whole, however it trickles in; past it, 408 request_timeout.
