@@ -489,19 +489,22 @@ def test_an_expectation_other_than_100_continue_is_417_and_reaches_no_service(
     assert received_by_any(stubs) == []
 
 
-BODY_DEADLINE = 2.0  # GATEWAY_REQUEST_BODY_TIMEOUT of the slow-body gateway
+BODY_DEADLINE = 2.0  # GATEWAY_REQUEST_BODY_TIMEOUT of the slow-client gateway
+SEND_DEADLINE = 2.0  # its GATEWAY_SEND_TIMEOUT
 
 
 @pytest.fixture(scope="module")
-def slow_body_gateway(
+def slow_client_gateway(
     stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    """A worker with two threads for Django's pages and BODY_DEADLINE seconds for a request body to arrive."""
+    """A worker with two threads for Django's pages that gives a request body BODY_DEADLINE seconds to arrive
+    and a client SEND_DEADLINE seconds to take each part of its answer."""
     with gateway_process(
-        tmp_path_factory.mktemp("slow-body"),
+        tmp_path_factory.mktemp("slow-client"),
         {name: stub.url for name, stub in stubs.items()},
         GATEWAY_DJANGO_THREADS="2",
         GATEWAY_REQUEST_BODY_TIMEOUT=str(BODY_DEADLINE),
+        GATEWAY_SEND_TIMEOUT=str(SEND_DEADLINE),
     ) as gateway:
         yield gateway
 
@@ -521,9 +524,9 @@ def _read_answer(sock: socket.socket) -> tuple[http.client.HTTPResponse, dict[st
 
 
 def test_bodies_that_never_finish_hold_no_thread_and_are_408_at_the_deadline(
-    slow_body_gateway: GatewayProcess, stubs: dict[str, StubUpstream]
+    slow_client_gateway: GatewayProcess, stubs: dict[str, StubUpstream]
 ) -> None:
-    gateway = slow_body_gateway
+    gateway = slow_client_gateway
     form = "Content-Type: application/x-www-form-urlencoded"
     # given more clients than the worker has threads for Django's pages, each sending a form to a service's
     # admin page (which the gateway forwards from one of those threads) and stopping halfway
@@ -557,9 +560,9 @@ def test_bodies_that_never_finish_hold_no_thread_and_are_408_at_the_deadline(
 
 
 def test_a_body_trickled_past_the_deadline_is_408_and_reaches_no_service(
-    slow_body_gateway: GatewayProcess, stubs: dict[str, StubUpstream], make_token: Callable[..., str]
+    slow_client_gateway: GatewayProcess, stubs: dict[str, StubUpstream], make_token: Callable[..., str]
 ) -> None:
-    gateway = slow_body_gateway
+    gateway = slow_client_gateway
     # given a client that sends its order a byte at a time, each well within any wait for the next read
     sock = _start_post(gateway.port, "/api/v1/orders/", 1000, b"{", f"Authorization: Bearer {make_token()}")
     started = time.monotonic()
@@ -650,23 +653,8 @@ def test_a_body_over_the_limit_for_a_django_page_is_413_before_django_reads_it(
     assert received_by_any(stubs) == []
 
 
-SEND_DEADLINE = 2.0  # GATEWAY_SEND_TIMEOUT of the slow-reader gateway
 # Larger than what the kernel's socket buffers and the server's own take in for a client that reads nothing.
 LARGE_ANSWER = b"x" * (16 * 1024 * 1024)
-
-
-@pytest.fixture(scope="module")
-def slow_reader_gateway(
-    stubs: dict[str, StubUpstream], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    """A worker with two threads for Django's pages that waits SEND_DEADLINE seconds for a client to read."""
-    with gateway_process(
-        tmp_path_factory.mktemp("slow-reader"),
-        {name: stub.url for name, stub in stubs.items()},
-        GATEWAY_DJANGO_THREADS="2",
-        GATEWAY_SEND_TIMEOUT=str(SEND_DEADLINE),
-    ) as gateway:
-        yield gateway
 
 
 def _stalled_reader(port: int, target: str) -> socket.socket:
@@ -689,9 +677,9 @@ def _read_until_closed(sock: socket.socket, limit: float) -> int:
 
 
 def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline_and_never_the_health_checks(
-    slow_reader_gateway: GatewayProcess, orders: StubUpstream
+    slow_client_gateway: GatewayProcess, orders: StubUpstream
 ) -> None:
-    gateway = slow_reader_gateway
+    gateway = slow_client_gateway
     orders.reply("/admin/orders/export/", body=LARGE_ANSWER)
     # given more clients than the worker has threads for Django's pages, each asking for a large page of a
     # service's admin (forwarded from one of those threads), and then reading nothing
@@ -723,9 +711,9 @@ def test_clients_that_stop_reading_hold_a_thread_no_longer_than_the_deadline_and
 
 
 def test_an_api_answer_a_client_stops_reading_is_cut_off_at_the_deadline(
-    slow_reader_gateway: GatewayProcess, orders: StubUpstream
+    slow_client_gateway: GatewayProcess, orders: StubUpstream
 ) -> None:
-    gateway = slow_reader_gateway
+    gateway = slow_client_gateway
     orders.reply("/api/v2/products/", body=LARGE_ANSWER, headers=[("Content-Type", "application/json")])
     # given a client that asks for a large answer and reads nothing of it
     with _stalled_reader(gateway.port, "/api/v2/products/?page=all") as sock:
