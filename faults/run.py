@@ -1027,7 +1027,7 @@ def scenario_8(run: Run, result: Result) -> None:
     large = "/static/gateway/drf_spectacular_sidecar/redoc/bundles/redoc.standalone.js.map"
     large_size = len(run.api.get(large).content)
     before = run.max_order_id()
-    threads = 2 * 8  # the gateway's workers x GATEWAY_DJANGO_THREADS: what Django's pages run on
+    threads = run.system.web_workers * 8  # x GATEWAY_DJANGO_THREADS (its default): what Django's pages run on
     slow_body = "POST {} HTTP/1.1\r\n" + host + "Content-Type: {}\r\nContent-Length: 10000\r\n{}\r\n{{"
     attackers = [
         *(_attacker("slow_head", address, b"GET /api/v1/products/ HTTP/1.1\r\n" + host.encode()) for _ in range(100)),

@@ -61,7 +61,7 @@ from common.request_id import accept_or_generate, reset_request_id, set_request_
 from common.tracing import CLIENT_CONTEXT_ENVIRON_KEY, REQUEST_ID_ATTRIBUTE, context_from
 from proxy.middleware import BODY_REFUSAL_ENVIRON_KEY, path_refusal
 from proxy.observability import error_code_of, log_and_count
-from proxy.views import PayloadTooLarge, ProxiedResponse, proxy_view_async, receive_whole_body
+from proxy.views import ProxiedResponse, body_length, proxy_view_async, receive_whole_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -464,6 +464,10 @@ def django_side_body_limit() -> int:
     return max(settings.MAX_REQUEST_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0)
 
 
+# The headers that frame a request body, as the environ names them (for proxy.views.body_length).
+_FRAMING_KEYS = {b"content-length": "CONTENT_LENGTH", b"transfer-encoding": "HTTP_TRANSFER_ENCODING"}
+
+
 async def _with_whole_body(scope: Scope, receive: Receive) -> Receive:
     """The ``receive`` to hand Django's side: its body read whole here, on the event loop, first.
 
@@ -474,20 +478,15 @@ async def _with_whole_body(scope: Scope, receive: Receive) -> Receive:
     :func:`django_side_body_limit`; one that cannot be read whole is handed on empty, its refusal in the
     scope for :class:`proxy.middleware.UnreadBodyMiddleware` to answer, so the request still gets its
     request id, access line and metrics."""
-    declared: bytes | None = None
-    framed = False
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            declared, framed = value, True
-        elif name == b"transfer-encoding":
-            framed = True
-    if not framed:
+    framing = {
+        _FRAMING_KEYS[name]: value.decode("latin-1") for name, value in scope["headers"] if name in _FRAMING_KEYS
+    }
+    if not framing:
         return receive  # no body
     limit = django_side_body_limit()
     body = b""
     try:
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(details={"max_bytes": limit})  # refused unread, as the proxy does
+        body_length({**framing, "wsgi.input_terminated": True}, limit)  # a declared length over it: refused unread
         body = await receive_whole_body(receive, limit)
     except ApplicationError as refusal:
         scope[BODY_REFUSAL_SCOPE_KEY] = refusal

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -311,7 +311,7 @@ def _allowed_host(request: HttpRequest) -> str:
         raise InvalidHost() from exc
 
 
-def _body_length(environ: dict[str, Any], limit: int) -> int | None:
+def body_length(environ: Mapping[str, Any], limit: int) -> int | None:
     """How much of the body to read: its declared length, ``limit + 1`` for a body the server de-chunks
     (one byte past the limit tells it is too long), or None for no body. Refuses a declared length over
     the limit unread, and a request with two framings."""
@@ -333,7 +333,7 @@ def _body_length(environ: dict[str, Any], limit: int) -> int | None:
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     """At most ``limit`` bytes of the body, straight from the WSGI input."""
-    to_read = _body_length(environ, limit)
+    to_read = body_length(environ, limit)
     if to_read is None:
         return b""
     stream = environ["wsgi.input"]
@@ -355,7 +355,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
 
 async def _receive_body(environ: dict[str, Any], receive: Receive, limit: int) -> bytes:
     """At most ``limit`` bytes of the body, from the ASGI messages (:func:`receive_whole_body`)."""
-    if _body_length(environ, limit) is None:
+    if body_length(environ, limit) is None:
         return b""
     return await receive_whole_body(receive, limit)
 
